@@ -1,0 +1,77 @@
+"""Question sets and passage corpora. Every bad row is reported with its file and line before any work starts."""
+import json
+import os
+
+
+def read_jsonl(path: str) -> list[tuple[int, dict]]:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such file")
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
+            rows.append((n, row))
+    if not rows:
+        raise ValueError(f"{path}: the file is empty")
+    return rows
+
+
+def gold_answers(answer, where: str) -> list[str]:
+    """`answer` may be one string or a list of accepted strings; either way we keep a non-empty list."""
+    answers = [answer] if isinstance(answer, str) else answer
+    if not isinstance(answers, list) or not answers or not all(isinstance(a, str) and a.strip() for a in answers):
+        raise ValueError(f"{where}: 'answer' must be a non-empty string or a list of them, got {answer!r}")
+    return answers
+
+
+def load_questions(source: str, limit: int | None = None) -> list[dict]:
+    """Rows {"question": str, "answers": [str, ...]} from a JSON-lines file or a `datasets` name.
+
+    A dataset name may carry a config and split: "hotpot_qa:distractor@validation" (default split: train).
+    """
+    if os.path.exists(source) or source.endswith((".jsonl", ".json")):
+        rows = [(f"{source}:{n}", row) for n, row in read_jsonl(source)]
+    else:
+        rows = [(f"{source}[{i}]", row) for i, row in enumerate(load_hub_dataset(source))]
+    questions = []
+    for where, row in rows[:limit]:
+        question = row.get("question")
+        if not isinstance(question, str) or not question.strip():
+            raise ValueError(f"{where}: missing 'question' (a non-empty string)")
+        if "answer" not in row and "answers" not in row:
+            raise ValueError(f"{where}: missing 'answer'")
+        questions.append({"question": question.strip(), "answers": gold_answers(row.get("answer", row.get("answers")), where)})
+    return questions
+
+
+def load_hub_dataset(name: str):
+    import datasets
+
+    name, _, split = name.partition("@")
+    name, _, config = name.partition(":")
+    try:
+        return datasets.load_dataset(name, config or None, split=split or "train")
+    except Exception as e:
+        raise ValueError(f"could not load the dataset {name!r} ({type(e).__name__}: {e}). "
+                         "Pass a local JSON-lines file with 'question' and 'answer' instead.") from None
+
+
+def load_corpus(path: str) -> list[dict]:
+    """Passages {"id", "title", "text"}. Rows with a single "contents" field ('"Title"\\ntext', the format of
+    R1-Searcher's and FlashRAG's Wikipedia dumps) are split into title and text."""
+    passages = []
+    for n, row in read_jsonl(path):
+        if "contents" in row and "text" not in row:
+            title, _, text = str(row["contents"]).partition("\n")
+            row = {"id": row.get("id", str(n)), "title": title.strip('"'), "text": text}
+        if not isinstance(row.get("text"), str) or not row["text"].strip():
+            raise ValueError(f"{path}:{n}: missing 'text' (or 'contents')")
+        passages.append({"id": str(row.get("id", n)), "title": str(row.get("title", "")), "text": row["text"]})
+    return passages

@@ -1,0 +1,107 @@
+"""GRPO: group-normalised advantages and the clipped, masked policy loss with a KL penalty.
+
+The reference policy is the model with its LoRA adapter disabled, so its log-probs cost a forward pass and no memory.
+The "old" policy is the one that sampled: its log-probs were recorded token by token during the rollout.
+"""
+from dataclasses import dataclass
+
+import torch
+
+from .rollout import Episode
+
+
+@dataclass
+class GRPOConfig:
+    clip_eps: float = 0.2
+    beta: float = 0.001  # weight of the KL penalty
+    scale_by_std: bool = True  # False: "Dr. GRPO", advantages are only centred
+    updates: int = 1  # optimizer steps per rollout batch (mini-batches)
+    micro_batch: int = 4  # episodes per forward/backward pass; gradients accumulate over a mini-batch
+    max_grad_norm: float = 1.0
+
+
+def group_advantages(rewards: torch.Tensor, scale_by_std: bool = True, eps: float = 1e-4) -> torch.Tensor:
+    """rewards: (B, G), G episodes for each of B questions. A_i = (r_i - mean(r_group)) / (std(r_group) + eps)."""
+    centred = rewards - rewards.mean(dim=1, keepdim=True)
+    return centred / (rewards.std(dim=1, keepdim=True) + eps) if scale_by_std else centred
+
+
+def collate(episodes: list[Episode], pad_id: int, device) -> dict:
+    """Left-padded batch: every episode ends at the right edge, so its response lies in the last K columns.
+
+    ids, attention, loss_mask, old_logp: (N, T). K = longest response.
+    """
+    seqs = [e.prompt_ids + e.ids for e in episodes]
+    T = max(map(len, seqs))
+    batch = {"ids": torch.full((len(seqs), T), pad_id, dtype=torch.long),
+             "attention": torch.zeros((len(seqs), T), dtype=torch.long),
+             "loss_mask": torch.zeros((len(seqs), T)), "old_logp": torch.zeros((len(seqs), T))}
+    for i, (e, s) in enumerate(zip(episodes, seqs)):
+        batch["ids"][i, T - len(s):] = torch.tensor(s)
+        batch["attention"][i, T - len(s):] = 1
+        if e.ids:
+            batch["loss_mask"][i, T - len(e.ids):] = torch.tensor(e.loss_mask, dtype=torch.float)
+            batch["old_logp"][i, T - len(e.ids):] = torch.tensor(e.logprobs)
+    batch = {k: v.to(device) for k, v in batch.items()}
+    batch["K"] = max(len(e.ids) for e in episodes)
+    return batch
+
+
+def token_logprobs(model, ids: torch.Tensor, attention: torch.Tensor, K: int) -> torch.Tensor:
+    """(N, K) log pi(token | prefix) of the last K tokens of each row. Positions count real tokens only, as in the
+    rollout, so the same ids give the same log-probs (DESIGN invariant 1)."""
+    positions = (attention.cumsum(1) - 1).clamp(min=0)
+    logits = model(input_ids=ids, attention_mask=attention, position_ids=positions, logits_to_keep=K + 1).logits
+    logits = logits[:, :-1].float()  # (N, K, V): the logits at t predict the token at t + 1
+    targets = ids[:, -K:]  # (N, K)
+    return logits.gather(-1, targets[..., None]).squeeze(-1) - logits.logsumexp(-1)
+
+
+def grpo_loss(logp, old_logp, ref_logp, advantages, mask, cfg: GRPOConfig, n_tokens: int):
+    """Sum over this micro-batch of the per-token loss, divided by the policy tokens of the whole mini-batch.
+
+    logp, old_logp, ref_logp, mask: (N, K); advantages: (N,). ref_logp is None when beta = 0.
+    """
+    ratio = torch.exp(logp - old_logp)  # rho = pi / pi_old
+    A = advantages[:, None]
+    surrogate = torch.min(ratio * A, torch.clamp(ratio, 1 - cfg.clip_eps, 1 + cfg.clip_eps) * A)
+    per_token = -surrogate
+    kl = torch.zeros_like(logp)
+    if ref_logp is not None:
+        log_r = ref_logp - logp
+        kl = torch.exp(log_r) - log_r - 1  # k3 estimator of KL(pi || pi_ref): unbiased, always >= 0
+        per_token = per_token + cfg.beta * kl
+    loss = (per_token * mask).sum() / n_tokens
+    clipped = ((ratio - 1).abs() > cfg.clip_eps).float()
+    return loss, {"kl": (kl * mask).sum().item(), "clipped": (clipped * mask).sum().item()}
+
+
+def grpo_update(model, optimizer, episodes: list[Episode], advantages: torch.Tensor, pad_id: int,
+                cfg: GRPOConfig) -> dict:
+    """cfg.updates optimizer steps over the episodes, each on one shuffled mini-batch. Returns token-mean stats."""
+    device = next(model.parameters()).device
+    order = torch.randperm(len(episodes)).tolist()
+    mini_batches = [order[i::cfg.updates] for i in range(cfg.updates)]
+    totals = {"loss": 0.0, "kl": 0.0, "clipped": 0.0}
+    all_tokens = sum(sum(e.loss_mask) for e in episodes)
+    for mini in mini_batches:
+        n_tokens = max(1, sum(sum(episodes[i].loss_mask) for i in mini))
+        for start in range(0, len(mini), cfg.micro_batch):
+            micro = mini[start:start + cfg.micro_batch]
+            batch = collate([episodes[i] for i in micro], pad_id, device)
+            K = batch["K"]
+            logp = token_logprobs(model, batch["ids"], batch["attention"], K)
+            ref_logp = None
+            if cfg.beta:
+                with torch.no_grad(), model.disable_adapter():
+                    ref_logp = token_logprobs(model, batch["ids"], batch["attention"], K)
+            loss, stats = grpo_loss(logp, batch["old_logp"][:, -K:], ref_logp, advantages[micro].to(device),
+                                    batch["loss_mask"][:, -K:], cfg, n_tokens)
+            loss.backward()
+            totals["loss"] += loss.item() * n_tokens / max(1, all_tokens)
+            totals["kl"] += stats["kl"] / max(1, all_tokens)
+            totals["clipped"] += stats["clipped"] / max(1, all_tokens)
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return totals

@@ -1,0 +1,47 @@
+"""The R1-Searcher protocol: its tags, the two prompt templates and the documents block the system injects."""
+
+BEGIN_QUERY, END_QUERY = "<|begin_of_query|>", "<|end_of_query|>"
+BEGIN_DOCS, END_DOCS = "<|begin_of_documents|>", "<|end_of_documents|>"
+THINK, END_THINK = "<think>", "</think>"
+ANSWER, END_ANSWER = "<answer>", "</answer>"
+
+INSTRUCTIONS = (
+    "The User asks a question, and the Assistant solves it. The Assistant first thinks through the reasoning "
+    "process and then gives the User the final answer. The reasoning is enclosed in <think> </think> and the final "
+    "answer in <answer> </answer>, i.e. \"<think> reasoning here </think> <answer> final answer here </answer>\". "
+    "While thinking, the Assistant may search for knowledge it is unsure of by writing "
+    "\"<|begin_of_query|> keyword_1 keyword_2 ... <|end_of_query|>\". The system then provides search results as "
+    "\"<|begin_of_documents|> ...search results... <|end_of_documents|>\". The final answer is short: a name, a "
+    "date, a place or yes/no."
+)
+
+LIMIT_REACHED = "The search limit has been reached. Answer with what you know now."
+
+
+def build_prompt(tokenizer, question: str, chat: bool) -> str:
+    """The text the episode starts from. It always ends with <think>, so the response never writes one itself."""
+    if chat:  # instruct model: the instructions as a system message through the model's own chat template
+        messages = [{"role": "system", "content": INSTRUCTIONS}, {"role": "user", "content": question}]
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + THINK
+    return f"{INSTRUCTIONS}\n\nUser: {question}\nAssistant: {THINK}"
+
+
+def passage_text(passage: dict) -> str:
+    return f"{passage['title']} {passage['text']}"
+
+
+def documents_block(passages: list[dict], tokenizer=None, max_tokens: int | None = None) -> str:
+    """What the system appends after <|end_of_query|>; each passage is cut to `max_tokens` tokens."""
+    lines = []
+    for i, p in enumerate(passages, 1):
+        text = passage_text(p)
+        if tokenizer is not None and max_tokens is not None:
+            ids = tokenizer(text, add_special_tokens=False).input_ids
+            if len(ids) > max_tokens:
+                text = tokenizer.decode(ids[:max_tokens]) + " ..."
+        lines.append(f"({i}){text}")
+    return message_block("\n".join(lines))
+
+
+def message_block(body: str) -> str:
+    return f"\n\n{BEGIN_DOCS}\n{body}\n{END_DOCS}\n\n"

@@ -1,0 +1,159 @@
+"""Rollouts: sample episodes that pause to search, then resume.
+
+All episodes of a batch advance together in rounds. In a round each live episode samples until it writes
+<|end_of_query|> (it pauses), writes </answer> or an end-of-sequence token (it is done), or runs out of budget. Then
+the queries of every paused episode are searched in one batch, each gets its documents block, and the next round
+opens by feeding all the blocks to the model in one prefill. The key/value cache is kept from round to round, so
+every token is computed exactly once: prompt + sampled + injected, never the whole prefix again.
+
+Rows that wait (paused or done) feed a padding token whose attention-mask entry is 0, so the cache has holes that no
+query ever attends to; positions count real tokens only, so a row sees the same positions as its unpadded sequence.
+Rows that are done leave the batch at the end of the round.
+
+DESIGN invariant 1 (token exactness): an episode's ids are exactly the sampled ids plus the ids of each documents
+block, tokenised on its own; the text is never tokenised again. Invariant 2: loss_mask is 1 on sampled ids only.
+"""
+from dataclasses import dataclass, field
+
+import torch
+from transformers import DynamicCache
+
+from .model import stop_token_ids
+from .prompts import BEGIN_QUERY, END_ANSWER, END_QUERY, LIMIT_REACHED, documents_block, message_block
+
+TAIL = 12  # the last tokens decoded after each step to spot a stop string, which may span several tokens
+
+
+@dataclass
+class RolloutConfig:
+    max_searches: int = 4  # then the system tells the model to answer
+    top_k: int = 3  # passages per search
+    doc_tokens: int = 128  # each passage is cut to this many tokens
+    max_turn_tokens: int = 256  # sampled tokens between two searches
+    max_episode_tokens: int = 1024  # response tokens, sampled and injected
+    temperature: float = 1.0  # 0 = greedy
+
+
+@dataclass
+class Episode:
+    prompt_ids: list[int]
+    ids: list[int] = field(default_factory=list)  # the response: sampled and injected ids, in order
+    loss_mask: list[int] = field(default_factory=list)  # 1 where the policy sampled the id, 0 where the system wrote it
+    logprobs: list[float] = field(default_factory=list)  # log pi_old of each sampled id (0.0 on injected ids)
+    segments: list[tuple[str, bool]] = field(default_factory=list)  # (text, written by the model?)
+    queries: list[str] = field(default_factory=list)  # the searches made
+    stop: str = ""  # "answer", "eos" or "length"
+
+    @property
+    def model_text(self) -> str:
+        return "".join(text for text, by_model in self.segments if by_model)
+
+    @property
+    def n_searches(self) -> int:
+        return len(self.queries)
+
+    def extend(self, ids: list[int], text: str, by_model: bool, logprobs: list[float] | None = None):
+        self.ids += ids
+        self.loss_mask += [int(by_model)] * len(ids)
+        self.logprobs += logprobs if by_model else [0.0] * len(ids)
+        self.segments.append((text, by_model))
+
+
+def feed(model, tokens: list[list[int]], cache, mask: torch.Tensor, pad_id: int):
+    """Feed each row its pending tokens (right-aligned, left-padded) into the cache.
+
+    mask: (R, S) 1 on the real tokens already in the cache. Returns the next-token logits (R, V) and the new mask.
+    """
+    R, L = len(tokens), max(map(len, tokens))
+    ids = torch.full((R, L), pad_id, dtype=torch.long)
+    new = torch.zeros((R, L), dtype=torch.long)
+    for r, t in enumerate(tokens):
+        if t:
+            ids[r, L - len(t):], new[r, L - len(t):] = torch.tensor(t), 1
+    mask = torch.cat([mask, new.to(mask.device)], dim=1)  # (R, S + L)
+    positions = (mask.cumsum(1) - 1).clamp(min=0)[:, -L:]  # (R, L) count of real tokens before each one
+    out = model(input_ids=ids.to(mask.device), attention_mask=mask, position_ids=positions, past_key_values=cache,
+                use_cache=True, logits_to_keep=1)
+    return out.logits[:, -1].float(), mask
+
+
+def sample(logits: torch.Tensor, temperature: float) -> tuple[list[int], list[float]]:
+    """One token per row from logits (R, V), with its log-probability under the policy (temperature 1)."""
+    logp = torch.log_softmax(logits, dim=-1)
+    if temperature == 0:
+        tokens = logits.argmax(-1)
+    else:  # inverse-CDF sampling: one uniform per row; several times faster than torch.multinomial on a CPU
+        cdf = torch.softmax(logits / temperature, dim=-1).cumsum(-1)  # (R, V)
+        u = torch.rand(len(cdf), 1, device=cdf.device) * cdf[:, -1:]
+        tokens = torch.searchsorted(cdf, u, right=True).squeeze(1).clamp(max=cdf.shape[1] - 1)
+    return tokens.tolist(), logp.gather(1, tokens[:, None]).squeeze(1).tolist()
+
+
+@torch.no_grad()
+def rollout(model, tokenizer, retriever, prompts: list[str], cfg: RolloutConfig) -> list[Episode]:
+    """One episode per prompt (repeat a prompt G times for a GRPO group)."""
+    device = next(model.parameters()).device
+    stops = stop_token_ids(model, tokenizer)
+    episodes = [Episode(tokenizer(p, add_special_tokens=False).input_ids) for p in prompts]
+    live = list(range(len(episodes)))  # batch row r holds episode live[r]
+    pending = [e.prompt_ids for e in episodes]  # what each row feeds before it samples again
+    cache, mask = DynamicCache(), torch.zeros((len(live), 0), dtype=torch.long, device=device)
+
+    while live:
+        logits, mask = feed(model, pending, cache, mask, tokenizer.pad_token_id)
+        turn = [[] for _ in live]  # ids sampled this round, per row
+        turn_logp = [[] for _ in live]
+        outcome = [None] * len(live)  # None while sampling, then "pause", "answer", "eos" or "length"
+        while True:
+            tokens, logps = sample(logits, cfg.temperature)
+            sampling = [r for r in range(len(live)) if outcome[r] is None]
+            tails = tokenizer.batch_decode([turn[r][-TAIL:] + [tokens[r]] for r in sampling])
+            for r, tail in zip(sampling, tails):
+                turn[r].append(tokens[r])
+                turn_logp[r].append(logps[r])
+                used = len(episodes[live[r]].ids) + len(turn[r])
+                if tokens[r] in stops:
+                    outcome[r] = "eos"
+                elif END_ANSWER in tail:
+                    outcome[r] = "answer"
+                elif END_QUERY in tail:
+                    outcome[r] = "pause"
+                elif len(turn[r]) >= cfg.max_turn_tokens or used >= cfg.max_episode_tokens:
+                    outcome[r] = "length"
+            if all(outcome):
+                break
+            logits, mask = feed(model, [[] if outcome[r] else [turn[r][-1]] for r in range(len(live))], cache,
+                                mask, tokenizer.pad_token_id)
+
+        # close the round: record each row's turn, search for the paused ones in one batch
+        searching = []
+        for r, e in enumerate(episodes[i] for i in live):
+            ids = turn[r][:-1] if outcome[r] == "eos" else turn[r]  # the eos id is trained on, but is not text
+            e.extend(turn[r], tokenizer.decode(ids), True, turn_logp[r])
+            e.stop = outcome[r]
+            if outcome[r] == "pause" and e.n_searches < cfg.max_searches:
+                query = e.segments[-1][0].rsplit(BEGIN_QUERY, 1)[-1].split(END_QUERY)[0].strip()
+                searching.append((r, query))
+        found = retriever.search([q for _, q in searching], cfg.top_k) if searching else []
+        blocks = {r: (q, documents_block(docs, tokenizer, cfg.doc_tokens)) for (r, q), docs in zip(searching, found)}
+
+        keep, pending = [], []
+        for r, e in enumerate(episodes[i] for i in live):
+            if outcome[r] != "pause":
+                continue
+            query, block = blocks.get(r, (None, message_block(LIMIT_REACHED)))
+            block_ids = tokenizer(block, add_special_tokens=False).input_ids
+            if len(e.ids) + len(block_ids) >= cfg.max_episode_tokens:
+                e.stop = "length"
+                continue
+            if query is not None:
+                e.queries.append(query)
+            e.extend(block_ids, block, False)
+            keep.append(r)
+            pending.append(block_ids)
+        if len(keep) < len(live):  # finished rows leave the batch and the cache
+            index = torch.tensor(keep, dtype=torch.long, device=device)
+            cache.batch_select_indices(index)
+            mask = mask[index]
+            live = [live[r] for r in keep]
+    return episodes
