@@ -69,15 +69,18 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/default")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--preset", choices=["demo"], help="demo: the whole pipeline offline on a toy world, in minutes")
+    if p.parse_known_args(argv)[0].preset == "demo":
+        p.set_defaults(**DEMO)  # options given on the command line still win
     args = p.parse_args(argv)
     if args.group_size < 2:
         p.error("--group-size must be at least 2: GRPO compares episodes within a group")
     if args.beta < 0 or args.max_searches < 0 or args.sft_steps < 0:
         p.error("--beta, --max-searches and --sft-steps must be >= 0")
-    if args.sft_steps and not args.sft_data:
+    if args.sft_steps and not args.sft_data and not args.preset:
         p.error("--sft-steps needs --sft-data")
     for name in ("train_data", "corpus"):
-        if not getattr(args, name):
+        if not getattr(args, name) and not args.preset:
             p.error(f"--{name.replace('_', '-')} is required")
     return args
 
@@ -189,7 +192,7 @@ def sft_phase_step(args, model, tokenizer, traces, optimizer, step: int, chat: b
 def train(args, model, tokenizer, retriever, questions, traces):
     """Run the phases in order, from a checkpoint if resuming; save each stage's adapter when it ends."""
     chat = uses_chat_template(tokenizer) if args.prompt == "auto" else args.prompt == "chat"
-    phases = (["sft"] if args.sft_steps else []) + (["1", "2"] if args.stage == "both" else [args.stage])
+    phases = (["sft"] if traces else []) + (["1", "2"] if args.stage == "both" else [args.stage])
     metrics_path = os.path.join(args.out, "metrics.jsonl")
     start_phase, start_step, optimizer_state = phases[0], 0, None
     if args.resume:
@@ -224,8 +227,89 @@ def train(args, model, tokenizer, retriever, questions, traces):
     shutil.rmtree(os.path.join(args.out, "checkpoint"), ignore_errors=True)
 
 
+DEMO = dict(out="runs/demo", stage="both", steps=30, questions_per_step=8, group_size=8, lr=2e-3, beta=0.0,
+            top_k=1, doc_tokens=64, max_turn_tokens=100, max_episode_tokens=400, micro_batch=16, dtype="float32",
+            sft_steps=400, save_every=10)
+
+
+def demo(args):
+    """--preset demo: two fictional worlds, a tokenizer and a tiny Qwen2 trained from scratch on cold-start traces
+    (full fine-tune: the random model has to learn the protocol and to copy names), then stage 1 and stage 2 with
+    LoRA, then every model on the held-out world. Writes OUT/summary.json and OUT/training.png."""
+    from eval import evaluate
+    from minisearcher import toyworld
+    from minisearcher.prompts import INSTRUCTIONS, documents_block
+
+    check_out_dir(args)
+    world, held_out = toyworld.train_and_heldout(args.seed, n_people=300, n_cities=120, n_companies=120, n_works=160)
+    args.train_data, args.corpus = (os.path.join(args.out, name) for name in ("questions.jsonl", "corpus.jsonl"))
+    toyworld.write_jsonl(world.questions, args.train_data)
+    toyworld.write_jsonl(world.passages, args.corpus)
+    retriever = BM25(world.passages)
+    args.model = os.path.join(args.out, "sft-model")
+    if not os.path.isdir(args.model):
+        tokenizer = toyworld.world_tokenizer([p["text"] for p in world.passages] +
+                                             [q["question"] for q in world.questions] + [INSTRUCTIONS] * 100)  # the prompt in few tokens
+        rng = random.Random(args.seed)
+        episodes = [trace_episode(tokenizer, build_prompt(tokenizer, q["question"], chat=False), toyworld.sft_trace(
+            q, rng.choices(list(toyworld.SFT_STYLES), weights=toyworld.SFT_STYLES.values())[0],
+            lambda query: documents_block(retriever.search([query], args.top_k)[0], tokenizer, args.doc_tokens), rng))
+            for q in world.questions]
+        base = toyworld.tiny_qwen(tokenizer, seed=args.seed)
+        optimizer = torch.optim.AdamW(base.parameters(), lr=3e-3)
+        warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / 30))
+        for step in (bar := tqdm(range(args.sft_steps), desc="cold-start SFT")):
+            loss = sft_step(base, optimizer, rng.sample(episodes, 16), tokenizer.pad_token_id, args.micro_batch)
+            warmup.step()
+            bar.set_postfix(loss=f"{loss:.3f}")
+        save_atomically(lambda tmp: (base.save_pretrained(tmp), tokenizer.save_pretrained(tmp)), args.model)
+    model, tokenizer = load_policy(args.model, dtype=args.dtype, lora_r=args.lora_r)
+    questions = load_questions(args.train_data)
+    train(args, model, tokenizer, retriever, questions, traces=[])
+
+    test = BM25(held_out.passages)
+    test_questions = [{"question": q["question"], "answers": [q["answer"]]} for q in held_out.questions]
+    summary = {}
+    for name, adapter, searches in [("no_search", None, 0), ("sft", None, args.max_searches),
+                                    ("stage1", "stage1", args.max_searches), ("stage2", "stage2", args.max_searches)]:
+        model, tokenizer = load_policy(args.model, dtype=args.dtype, trainable=False,
+                                       adapter=adapter and os.path.join(args.out, adapter))
+        config = rollout_config(args, temperature=0)
+        config.max_searches = searches
+        summary[name], _ = evaluate(model, tokenizer, test, test_questions, "search", config, chat=False)
+    with open(os.path.join(args.out, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    print("\nheld-out world, greedy:\n| model | cover_em | f1 | searches_mean | n |\n|---|---|---|---|---|")
+    for name, m in summary.items():
+        print(f"| {name} | {m['cover_em']:.3f} | {m['f1']:.3f} | {m['searches_mean']:.2f} | {m['n']} |")
+    plot_training(os.path.join(args.out, "metrics.jsonl"), os.path.join(args.out, "training.png"))
+
+
+def plot_training(metrics_path: str, png: str):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(metrics_path) as f:
+        rows = [r for r in map(json.loads, f) if r["stage"] in (1, 2)]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for stage, colour in [(1, "tab:blue"), (2, "tab:orange")]:
+        mine = [(i, r) for i, r in enumerate(rows) if r["stage"] == stage]
+        for ax, key in zip(axes, ["reward_mean", "searches_mean"]):
+            ax.plot([i for i, _ in mine], [r[key] for _, r in mine], color=colour, label=f"stage {stage}")
+    for ax, title in zip(axes, ["mean reward per step", "mean searches per episode"]):
+        ax.set(title=title, xlabel="GRPO step (stage 1, then stage 2)")
+        ax.legend()
+    axes[0].set_ylabel("reward (stage 1: 0..1, stage 2: -2..1)")
+    axes[1].set_ylabel("searches")
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.preset == "demo":
+        return demo(args)
     try:  # every input is checked before the model is loaded and any training time is spent
         questions = load_questions(args.train_data)
         traces = load_traces(args.sft_data) if args.sft_data else []

@@ -195,3 +195,34 @@ def sft_trace(question: dict, style: str, documents: Callable[[str], str],
         said = step["finding"]
     guess = "" if style == "full" else f" I think the answer is {answer}."
     return segments + [(f"{said}{guess} {END_THINK}\n\n{ANSWER} {answer} {END_ANSWER}", True)]
+
+
+def world_tokenizer(texts: list[str], vocab_size: int = 600):
+    """A byte-level BPE trained on the world's text; the protocol tags are single tokens. Names of a held-out world
+    split into pieces this tokenizer has seen, so copying them from a passage is possible."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from .prompts import BEGIN_DOCS, END_DOCS, THINK
+
+    special = ["<|endoftext|>", "<|pad|>", BEGIN_QUERY, END_QUERY, BEGIN_DOCS, END_DOCS, THINK, END_THINK, ANSWER,
+               END_ANSWER]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special,
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<|pad|>")
+
+
+def tiny_qwen(tokenizer, hidden: int = 128, layers: int = 4, seed: int = 0):
+    """A randomly initialised Qwen2 of about a million parameters: small enough to train on a laptop CPU."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=3 * hidden,
+                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=2048, tie_word_embeddings=True,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    return Qwen2ForCausalLM(config)
