@@ -268,7 +268,7 @@ def demo(args):
     train(args, model, tokenizer, retriever, questions, traces=[])
 
     test = BM25(held_out.passages)
-    test_questions = [{"question": q["question"], "answers": [q["answer"]]} for q in held_out.questions]
+    test_questions = [{"question": q["question"], "answers": [q["answer"]]} for q in held_out.questions[:200]]
     summary = {}
     for name, adapter, searches in [("no_search", None, 0), ("sft", None, args.max_searches),
                                     ("stage1", "stage1", args.max_searches), ("stage2", "stage2", args.max_searches)]:

@@ -4,7 +4,8 @@ All episodes of a batch advance together in rounds. In a round each live episode
 <|end_of_query|> (it pauses), writes </answer> or an end-of-sequence token (it is done), or runs out of budget. Then
 the queries of every paused episode are searched in one batch, each gets its documents block, and the next round
 opens by feeding all the blocks to the model in one prefill. The key/value cache is kept from round to round, so
-every token is computed exactly once: prompt + sampled + injected, never the whole prefix again.
+every token is computed exactly once: prompt + sampled + injected, never the whole prefix again; and a prompt that
+the G episodes of a group share is computed once for all G.
 
 Rows that wait (paused or done) feed a padding token whose attention-mask entry is 0, so the cache has holes that no
 query ever attends to; positions count real tokens only, so a row sees the same positions as its unpadded sequence.
@@ -78,15 +79,23 @@ def feed(model, tokens: list[list[int]], cache, mask: torch.Tensor, pad_id: int)
 
 
 def sample(logits: torch.Tensor, temperature: float) -> tuple[list[int], list[float]]:
-    """One token per row from logits (R, V), with its log-probability under the policy (temperature 1)."""
-    logp = torch.log_softmax(logits, dim=-1)
+    """One token per row from logits (R, V), with its log-probability under the policy (temperature 1).
+
+    Each pass over the (R, V) logits costs as much as the model's last layer on a CPU, so we make as few as we can.
+    """
     if temperature == 0:
         tokens = logits.argmax(-1)
-    else:  # inverse-CDF sampling: one uniform per row; several times faster than torch.multinomial on a CPU
-        cdf = torch.softmax(logits / temperature, dim=-1).cumsum(-1)  # (R, V)
-        u = torch.rand(len(cdf), 1, device=cdf.device) * cdf[:, -1:]
-        tokens = torch.searchsorted(cdf, u, right=True).squeeze(1).clamp(max=cdf.shape[1] - 1)
-    return tokens.tolist(), logp.gather(1, tokens[:, None]).squeeze(1).tolist()
+        return tokens.tolist(), (logits.gather(1, tokens[:, None]).squeeze(1) - logits.logsumexp(-1)).tolist()
+    probs = torch.softmax(logits if temperature == 1 else logits / temperature, dim=-1)  # (R, V)
+    # inverse-CDF sampling: one uniform per row; several times faster than torch.multinomial on a CPU
+    cdf = probs.cumsum(-1)
+    u = torch.rand(len(cdf), 1, device=cdf.device) * cdf[:, -1:]
+    tokens = torch.searchsorted(cdf, u, right=True).squeeze(1).clamp(max=cdf.shape[1] - 1)  # (R,)
+    if temperature == 1:  # we sampled from the policy itself: its log-prob is that of the probability we used
+        logp = probs.gather(1, tokens[:, None]).squeeze(1).log()
+    else:
+        logp = logits.gather(1, tokens[:, None]).squeeze(1) - logits.logsumexp(-1)
+    return tokens.tolist(), logp.tolist()
 
 
 @torch.no_grad()
@@ -95,12 +104,17 @@ def rollout(model, tokenizer, retriever, prompts: list[str], cfg: RolloutConfig)
     device = next(model.parameters()).device
     stops = stop_token_ids(model, tokenizer)
     episodes = [Episode(tokenizer(p, add_special_tokens=False).input_ids) for p in prompts]
+    # the G episodes of a question share their prompt: feed each distinct prompt once, then copy its cache rows
+    distinct = {p: i for i, p in enumerate(dict.fromkeys(prompts))}
+    cache, mask = DynamicCache(), torch.zeros((len(distinct), 0), dtype=torch.long, device=device)
+    logits, mask = feed(model, [tokenizer(p, add_special_tokens=False).input_ids for p in distinct], cache, mask,
+                        tokenizer.pad_token_id)
+    copies = torch.tensor([distinct[p] for p in prompts], device=device)  # (N,) the prompt row of each episode
+    cache.batch_select_indices(copies)
+    logits, mask = logits[copies], mask[copies]
     live = list(range(len(episodes)))  # batch row r holds episode live[r]
-    pending = [e.prompt_ids for e in episodes]  # what each row feeds before it samples again
-    cache, mask = DynamicCache(), torch.zeros((len(live), 0), dtype=torch.long, device=device)
 
     while live:
-        logits, mask = feed(model, pending, cache, mask, tokenizer.pad_token_id)
         turn = [[] for _ in live]  # ids sampled this round, per row
         turn_logp = [[] for _ in live]
         outcome = [None] * len(live)  # None while sampling, then "pause", "answer", "eos" or "length"
@@ -137,7 +151,7 @@ def rollout(model, tokenizer, retriever, prompts: list[str], cfg: RolloutConfig)
         found = retriever.search([q for _, q in searching], cfg.top_k) if searching else []
         blocks = {r: (q, documents_block(docs, tokenizer, cfg.doc_tokens)) for (r, q), docs in zip(searching, found)}
 
-        keep, pending = [], []
+        keep, pending = [], []  # the rows that go on, and the ids each of them feeds next
         for r, e in enumerate(episodes[i] for i in live):
             if outcome[r] != "pause":
                 continue
@@ -150,10 +164,12 @@ def rollout(model, tokenizer, retriever, prompts: list[str], cfg: RolloutConfig)
                 e.queries.append(query)
             e.extend(block_ids, block, False)
             keep.append(r)
-            pending.append(block_ids)
+            pending.append([turn[r][-1]] + block_ids)  # the turn's last sampled id is not in the cache yet
         if len(keep) < len(live):  # finished rows leave the batch and the cache
             index = torch.tensor(keep, dtype=torch.long, device=device)
             cache.batch_select_indices(index)
             mask = mask[index]
             live = [live[r] for r in keep]
+        if live:
+            logits, mask = feed(model, pending, cache, mask, tokenizer.pad_token_id)
     return episodes

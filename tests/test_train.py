@@ -69,9 +69,9 @@ def test_bad_input_stops_before_training(tiny_qwen_dir, tmp_path, capsys):
     assert "no such file" in error("--model", tiny_qwen_dir, "--train-data", "missing.jsonl", "--corpus", corpus)
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
-    assert f"{empty}: the file is empty" in error("--model", tiny_qwen_dir, "--train-data", str(bad), "--corpus",
-                                                   str(empty))
     good = shared_file("r1-searcher", "stage_1.jsonl")
+    assert f"{empty}: the file is empty" in error("--model", tiny_qwen_dir, "--train-data", good, "--corpus",
+                                                   str(empty))
     assert "invalid choice: '3'" in error("--train-data", good, "--corpus", corpus, "--stage", "3")
     assert "--group-size must be at least 2" in error("--train-data", good, "--corpus", corpus, "--group-size", "1")
     message = error("--model", str(tmp_path / "no-model"), "--train-data", good, "--corpus", corpus,
