@@ -45,3 +45,26 @@ def documents_block(passages: list[dict], tokenizer=None, max_tokens: int | None
 
 def message_block(body: str) -> str:
     return f"\n\n{BEGIN_DOCS}\n{body}\n{END_DOCS}\n\n"
+
+
+# The baselines of eval.py: the same answer format without the search protocol, so only the retrieval differs.
+NAIVE_INSTRUCTIONS = (
+    "The User asks a question, and the Assistant answers it. The Assistant first thinks through the reasoning "
+    "process and then gives the User the final answer. The reasoning is enclosed in <think> </think> and the final "
+    "answer in <answer> </answer>, i.e. \"<think> reasoning here </think> <answer> final answer here </answer>\". "
+    "The final answer is short: a name, a date, a place or yes/no."
+)
+RAG_INSTRUCTIONS = NAIVE_INSTRUCTIONS + (
+    " Before the question, the User gives search results that may help, between <|begin_of_documents|> and "
+    "<|end_of_documents|>."
+)
+
+
+def build_baseline_prompt(tokenizer, question: str, chat: bool, documents: str = "") -> str:
+    """The naive prompt, or with a documents block the RAG prompt; like build_prompt it ends with <think>."""
+    instructions = RAG_INSTRUCTIONS if documents else NAIVE_INSTRUCTIONS
+    user = f"{documents.strip()}\n\n{question}" if documents else question
+    if chat:
+        messages = [{"role": "system", "content": instructions}, {"role": "user", "content": user}]
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + THINK
+    return f"{instructions}\n\nUser: {user}\nAssistant: {THINK}"
