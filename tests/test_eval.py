@@ -114,9 +114,9 @@ def files(tmp_path):
 
 def test_cli_writes_metrics_and_predictions(tiny_qwen_dir, files):
     out = files / "out" / "search.json"
-    evaluation.main(["--model", tiny_qwen_dir, "--data", str(files / "toy.jsonl"), "--corpus", str(files / "corpus.jsonl"),
-                     "--mode", "search", "--limit", "2", "--batch-size", "2", "--max-episode-tokens", "12",
-                     "--dtype", "float32", "--json", str(out)])
+    evaluation.main(["--model", tiny_qwen_dir, "--data", str(files / "toy.jsonl"), "--mode", "search",
+                     "--corpus", str(files / "corpus.jsonl"), "--limit", "2", "--batch-size", "2",
+                     "--max-episode-tokens", "12", "--dtype", "float32", "--json", str(out)])
     metrics = json.loads(out.read_text())
     assert list(metrics) == ["toy"] and metrics["toy"]["n"] == 2
     assert set(evaluation.COLUMNS) < set(metrics["toy"])
