@@ -81,21 +81,22 @@ def feed(model, tokens: list[list[int]], cache, mask: torch.Tensor, pad_id: int)
 def sample(logits: torch.Tensor, temperature: float) -> tuple[list[int], list[float]]:
     """One token per row from logits (R, V), with its log-probability under the policy (temperature 1).
 
-    Each pass over the (R, V) logits costs as much as the model's last layer on a CPU, so we make as few as we can.
+    The log-prob must be what grpo.token_logprobs will compute from a fresh forward, gather minus logsumexp, to the
+    bit: a float32 sum over 150k entries depends on how it is done (log_softmax drifts from it by up to 1e-3). So we
+    take torch.logsumexp's own steps and keep its exponentials, which are also the weights we sample from.
     """
+    top = logits.amax(-1, keepdim=True)  # (R, 1)
+    weights = (logits - top).exp_()  # (R, V) the policy's probabilities, unnormalised
+    lse = weights.sum(-1, keepdim=True).log_() + top  # (R, 1) equal to logits.logsumexp(-1, keepdim=True)
     if temperature == 0:
         tokens = logits.argmax(-1)
-        return tokens.tolist(), (logits.gather(1, tokens[:, None]).squeeze(1) - logits.logsumexp(-1)).tolist()
-    probs = torch.softmax(logits if temperature == 1 else logits / temperature, dim=-1)  # (R, V)
-    # inverse-CDF sampling: one uniform per row; several times faster than torch.multinomial on a CPU
-    cdf = probs.cumsum(-1)
-    u = torch.rand(len(cdf), 1, device=cdf.device) * cdf[:, -1:]
-    tokens = torch.searchsorted(cdf, u, right=True).squeeze(1).clamp(max=cdf.shape[1] - 1)  # (R,)
-    if temperature == 1:  # we sampled from the policy itself: its log-prob is that of the probability we used
-        logp = probs.gather(1, tokens[:, None]).squeeze(1).log()
-    else:
-        logp = logits.gather(1, tokens[:, None]).squeeze(1) - logits.logsumexp(-1)
-    return tokens.tolist(), logp.tolist()
+    else:  # inverse-CDF sampling: one uniform per row; several times faster than torch.multinomial on a CPU
+        if temperature != 1:
+            weights = ((logits - top) / temperature).exp_()
+        cdf = weights.cumsum_(-1)  # (R, V)
+        u = torch.rand(len(cdf), 1, device=cdf.device) * cdf[:, -1:]
+        tokens = torch.searchsorted(cdf, u, right=True).squeeze(1).clamp(max=cdf.shape[1] - 1)
+    return tokens.tolist(), (logits.gather(1, tokens[:, None]) - lse).squeeze(1).tolist()
 
 
 @torch.no_grad()
@@ -119,14 +120,15 @@ def rollout(model, tokenizer, retriever, prompts: list[str], cfg: RolloutConfig)
         turn_logp = [[] for _ in live]
         outcome = [None] * len(live)  # None while sampling, then "pause", "answer", "eos" or "length"
         while True:
-            tokens, logps = sample(logits, cfg.temperature)
             sampling = [r for r in range(len(live)) if outcome[r] is None]
-            tails = tokenizer.batch_decode([turn[r][-TAIL:] + [tokens[r]] for r in sampling])
-            for r, tail in zip(sampling, tails):
-                turn[r].append(tokens[r])
-                turn_logp[r].append(logps[r])
+            # rows that wait cost a forward pass, but no sampling pass (indexing copies the logits: only if some wait)
+            tokens, logps = sample(logits[sampling] if len(sampling) < len(live) else logits, cfg.temperature)
+            tails = tokenizer.batch_decode([turn[r][-TAIL:] + [t] for r, t in zip(sampling, tokens)])
+            for r, token, logp, tail in zip(sampling, tokens, logps, tails):
+                turn[r].append(token)
+                turn_logp[r].append(logp)
                 used = len(episodes[live[r]].ids) + len(turn[r])
-                if tokens[r] in stops:
+                if token in stops:
                     outcome[r] = "eos"
                 elif END_ANSWER in tail:
                     outcome[r] = "answer"
