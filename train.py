@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from minisearcher.data import load_corpus, load_questions
 from minisearcher.grpo import GRPOConfig, group_advantages, grpo_update
-from minisearcher.model import load_policy, load_tokenizer, uses_chat_template
+from minisearcher.model import load_policy, uses_chat_template
 from minisearcher.prompts import build_prompt
 from minisearcher.retriever import BM25
 from minisearcher.rewards import extract_answer, f1_score, format_ok, reward
@@ -315,7 +315,6 @@ def main(argv=None):
         traces = load_traces(args.sft_data) if args.sft_data else []
         retriever = BM25(load_corpus(args.corpus))
         check_out_dir(args)
-        load_tokenizer(args.model)
         model, tokenizer = load_policy(args.model, load_in_4bit=args.load_in_4bit, dtype=args.dtype,
                                        lora_r=args.lora_r, adapter=args.adapter)
     except (ValueError, FileNotFoundError) as e:
