@@ -8,6 +8,7 @@ Writes OUT/metrics.jsonl (one line per step), OUT/stage1/ and OUT/stage2/ (peft 
 """
 import argparse
 import json
+import math
 import os
 import random
 import shutil
@@ -20,7 +21,7 @@ from tqdm import tqdm
 from minisearcher.data import load_corpus, load_questions
 from minisearcher.grpo import GRPOConfig, group_advantages, grpo_update
 from minisearcher.model import load_policy, uses_chat_template
-from minisearcher.prompts import build_prompt
+from minisearcher.prompts import build_prompt, passage_text
 from minisearcher.retriever import BM25
 from minisearcher.rewards import extract_answer, f1_score, format_ok, reward
 from minisearcher.rollout import RolloutConfig, rollout
@@ -48,6 +49,7 @@ def parse_args(argv=None):
     p.add_argument("--sft-steps", type=int, default=0)
     p.add_argument("--stage", choices=["1", "2", "both"], default="both")
     p.add_argument("--steps", type=positive(int), default=100, help="GRPO steps per stage")
+    p.add_argument("--stage1-steps", type=positive(int), help="GRPO steps of stage 1 (default: --steps)")
     p.add_argument("--questions-per-step", type=positive(int), default=8)
     p.add_argument("--group-size", type=int, default=8, help="episodes per question (G >= 2)")
     p.add_argument("--lr", type=positive(float), default=1e-5)
@@ -137,7 +139,7 @@ def load_checkpoint(args, model) -> tuple[str, int, dict]:
     return state["phase"], state["step"], torch.load(os.path.join(folder, "optimizer.pt"))
 
 
-PHASES = ["sft", "1", "2"]
+PHASES = ["read", "sft", "1", "2"]  # "read": the demo's language modelling before its SFT
 
 
 def keep_metrics_before(path: str, phase: str, step: int):
@@ -204,7 +206,7 @@ def train(args, model, tokenizer, retriever, questions, traces):
         if phase == start_phase and optimizer_state is not None:
             optimizer.load_state_dict(optimizer_state)
             first = start_step
-        n_steps = args.sft_steps if phase == "sft" else args.steps
+        n_steps = {"sft": args.sft_steps, "1": args.stage1_steps or args.steps}.get(phase, args.steps)
         bar = tqdm(range(first, n_steps), desc="cold-start SFT" if phase == "sft" else f"stage {phase}",
                    initial=first, total=n_steps)
         for step in bar:
@@ -227,48 +229,92 @@ def train(args, model, tokenizer, retriever, questions, traces):
     shutil.rmtree(os.path.join(args.out, "checkpoint"), ignore_errors=True)
 
 
-DEMO = dict(out="runs/demo", stage="both", steps=30, questions_per_step=8, group_size=8, lr=2e-3, beta=0.0,
-            top_k=1, doc_tokens=64, max_turn_tokens=100, max_episode_tokens=400, micro_batch=16, dtype="float32",
-            sft_steps=400, save_every=10)
+DEMO = dict(out="runs/demo", stage="both", stage1_steps=15, steps=40, questions_per_step=8, group_size=8, lr=2e-3,
+            beta=0.0, top_k=1, doc_tokens=64, max_turn_tokens=100, max_episode_tokens=400, micro_batch=16, dtype="float32",
+            sft_steps=600, save_every=10)
+DEMO_WORLD = dict(n_people=300, n_cities=120, n_companies=120, n_works=160)  # 700 passages, 750 questions
+DEMO_READ_STEPS, DEMO_READ_WORLDS = 1000, 6  # language modelling on the worlds' passages, 128 tokens x 16
+SFT_BATCH, LR = 16, 3e-3
+DEMO_EVAL_QUESTIONS = 200  # of the held-out world
+
+
+def warmup_cosine(optimizer, steps: int):
+    """30 steps of warm-up, then a cosine down to a tenth of the learning rate."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min(1.0, (step + 1) / 30) * (0.55 + 0.45 * math.cos(math.pi * step / steps)))
+
+
+def cold_start(args, worlds: list, folder: str):
+    """The demo's model from random weights, in two steps, as every LLM is made:
+    1. reading: language modelling on the passages of `worlds` (their encyclopedias). A passage repeats its names,
+       so this is where the model learns to copy a name it has just read: the skill a searcher needs most;
+    2. cold-start SFT: a full fine-tune on imperfect traces of the same worlds' questions, the documents masked out
+       of the loss. There are enough of them that memorising answers does not pay, and none is seen again later.
+    Saves the model and its tokenizer in `folder`; each step's loss goes to OUT/metrics.jsonl."""
+    from minisearcher import toyworld
+    from minisearcher.prompts import documents_block
+
+    tokenizer = toyworld.world_tokenizer([p["text"] for w in worlds for p in w.passages] +
+                                         [q["question"] for w in worlds for q in w.questions])
+    rng = random.Random(args.seed)
+    text = torch.tensor([token for w in worlds for p in rng.sample(w.passages, len(w.passages))
+                         for token in tokenizer(f" {passage_text(p)}\n").input_ids])
+    pages = text[:len(text) // 128 * 128].view(-1, 128)  # (n, 128): the passages, shuffled and packed
+    episodes = []
+    for world in worlds:
+        retriever = BM25(world.passages)
+        episodes += [trace_episode(tokenizer, build_prompt(tokenizer, q["question"], chat=False), toyworld.sft_trace(
+            q, rng.choices(list(toyworld.SFT_STYLES), weights=toyworld.SFT_STYLES.values())[0],
+            lambda query: documents_block(retriever.search([query], args.top_k)[0], tokenizer, args.doc_tokens), rng))
+            for q in world.questions]
+    model = toyworld.tiny_qwen(tokenizer, seed=args.seed)
+    model.train()
+    for phase, steps in [("read", DEMO_READ_STEPS), ("sft", args.sft_steps)]:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=LR)
+        schedule = warmup_cosine(optimizer, steps)
+        for step in (bar := tqdm(range(steps), desc="reading" if phase == "read" else "cold-start SFT")):
+            if phase == "read":
+                batch = pages[torch.randint(len(pages), (16,))]  # (16, 128)
+                loss = model(batch, labels=batch).loss
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                loss = loss.item()
+            else:
+                loss = sft_step(model, optimizer, rng.sample(episodes, SFT_BATCH), tokenizer.pad_token_id,
+                                args.micro_batch)
+            schedule.step()
+            bar.set_postfix(loss=f"{loss:.3f}")
+            with open(os.path.join(args.out, "metrics.jsonl"), "a") as f:
+                f.write(json.dumps({"stage": phase, "step": step, "loss": loss}) + "\n")
+    save_atomically(lambda tmp: (model.save_pretrained(tmp), tokenizer.save_pretrained(tmp)), folder)
 
 
 def demo(args):
-    """--preset demo: two fictional worlds, a tokenizer and a tiny Qwen2 trained from scratch on cold-start traces
+    """--preset demo: fictional worlds, a tokenizer and a tiny Qwen2 trained from scratch on cold-start traces
     (full fine-tune: the random model has to learn the protocol and to copy names), then stage 1 and stage 2 with
-    LoRA, then every model on the held-out world. Writes OUT/summary.json and OUT/training.png."""
+    LoRA on a world it has not seen, then every model on a held-out world. Writes OUT/summary.json and
+    OUT/training.png."""
     from eval import evaluate
     from minisearcher import toyworld
-    from minisearcher.prompts import INSTRUCTIONS, documents_block
 
     check_out_dir(args)
-    world, held_out = toyworld.train_and_heldout(args.seed, n_people=300, n_cities=120, n_companies=120, n_works=160)
+    world, held_out, *read_worlds = toyworld.make_worlds(args.seed, 2 + DEMO_READ_WORLDS, **DEMO_WORLD)
     args.train_data, args.corpus = (os.path.join(args.out, name) for name in ("questions.jsonl", "corpus.jsonl"))
     toyworld.write_jsonl(world.questions, args.train_data)
     toyworld.write_jsonl(world.passages, args.corpus)
     retriever = BM25(world.passages)
     args.model = os.path.join(args.out, "sft-model")
-    if not os.path.isdir(args.model):
-        tokenizer = toyworld.world_tokenizer([p["text"] for p in world.passages] +
-                                             [q["question"] for q in world.questions] + [INSTRUCTIONS] * 100)  # the prompt in few tokens
-        rng = random.Random(args.seed)
-        episodes = [trace_episode(tokenizer, build_prompt(tokenizer, q["question"], chat=False), toyworld.sft_trace(
-            q, rng.choices(list(toyworld.SFT_STYLES), weights=toyworld.SFT_STYLES.values())[0],
-            lambda query: documents_block(retriever.search([query], args.top_k)[0], tokenizer, args.doc_tokens), rng))
-            for q in world.questions]
-        base = toyworld.tiny_qwen(tokenizer, seed=args.seed)
-        optimizer = torch.optim.AdamW(base.parameters(), lr=3e-3)
-        warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / 30))
-        for step in (bar := tqdm(range(args.sft_steps), desc="cold-start SFT")):
-            loss = sft_step(base, optimizer, rng.sample(episodes, 16), tokenizer.pad_token_id, args.micro_batch)
-            warmup.step()
-            bar.set_postfix(loss=f"{loss:.3f}")
-        save_atomically(lambda tmp: (base.save_pretrained(tmp), tokenizer.save_pretrained(tmp)), args.model)
+    if not (args.resume and os.path.isdir(args.model)):
+        cold_start(args, read_worlds, args.model)
     model, tokenizer = load_policy(args.model, dtype=args.dtype, lora_r=args.lora_r)
     questions = load_questions(args.train_data)
     train(args, model, tokenizer, retriever, questions, traces=[])
 
     test = BM25(held_out.passages)
-    test_questions = [{"question": q["question"], "answers": [q["answer"]]} for q in held_out.questions[:200]]
+    test_questions = [{"question": q["question"], "answers": [q["answer"]]}
+                      for q in held_out.questions[:DEMO_EVAL_QUESTIONS]]
     summary = {}
     for name, adapter, searches in [("no_search", None, 0), ("sft", None, args.max_searches),
                                     ("stage1", "stage1", args.max_searches), ("stage2", "stage2", args.max_searches)]:

@@ -37,7 +37,7 @@ SIZES = {"tiny": dict(hidden_size=128, intermediate_size=512, num_hidden_layers=
 
 def toy_setup(tokenizer, seed: int = 0):
     """The toy training world, its BM25 index and one cold-start trace episode per question."""
-    world, _ = toyworld.train_and_heldout(seed)
+    world = toyworld.make_world(seed)
     retriever = BM25(world.passages)
     rng = random.Random(seed)
 

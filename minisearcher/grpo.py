@@ -72,7 +72,7 @@ def grpo_loss(logp, old_logp, ref_logp, advantages, mask, cfg: GRPOConfig, n_tok
         kl = torch.exp(log_r) - log_r - 1  # k3 estimator of KL(pi || pi_ref): unbiased, always >= 0
         per_token = per_token + cfg.beta * kl
     loss = (per_token * mask).sum() / n_tokens
-    clipped = ((ratio - 1).abs() > cfg.clip_eps).float()
+    clipped = (((ratio > 1 + cfg.clip_eps) & (A > 0)) | ((ratio < 1 - cfg.clip_eps) & (A < 0))).float()  # no gradient
     return loss, {"kl": (kl * mask).sum().item(), "clipped": (clipped * mask).sum().item()}
 
 

@@ -39,7 +39,7 @@ def documents_block(passages: list[dict], tokenizer=None, max_tokens: int | None
             ids = tokenizer(text, add_special_tokens=False).input_ids
             if len(ids) > max_tokens:
                 text = tokenizer.decode(ids[:max_tokens]) + " ..."
-        lines.append(f"({i}){text}")
+        lines.append(f"({i}) {text}")
     return message_block("\n".join(lines))
 
 

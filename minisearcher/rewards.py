@@ -9,10 +9,12 @@ from collections import Counter
 
 from .prompts import ANSWER, BEGIN_DOCS, BEGIN_QUERY, END_ANSWER, END_DOCS, END_QUERY, END_THINK, THINK
 
+PUNCTUATION = set(string.punctuation)
+
 
 def normalize_answer(s: str) -> str:
     """SQuAD normalisation: lower-case, drop punctuation and the articles a/an/the, squeeze whitespace."""
-    s = "".join(ch for ch in s.lower() if ch not in set(string.punctuation))
+    s = "".join(ch for ch in s.lower() if ch not in PUNCTUATION)
     return " ".join(re.sub(r"\b(a|an|the)\b", " ", s).split())
 
 

@@ -43,7 +43,7 @@ class Episode:
     logprobs: list[float] = field(default_factory=list)  # log pi_old of each sampled id (0.0 on injected ids)
     segments: list[tuple[str, bool]] = field(default_factory=list)  # (text, written by the model?)
     queries: list[str] = field(default_factory=list)  # the searches made
-    stop: str = ""  # "answer", "eos" or "length"
+    stop: str = ""  # "answer", "eos", "length" or "unopened" (an end-of-query tag with no query opened)
 
     @property
     def model_text(self) -> str:
@@ -147,7 +147,9 @@ def rollout(model, tokenizer, retriever, prompts: list[str], cfg: RolloutConfig)
             ids = turn[r][:-1] if outcome[r] == "eos" else turn[r]  # the eos id is trained on, but is not text
             e.extend(turn[r], tokenizer.decode(ids), True, turn_logp[r])
             e.stop = outcome[r]
-            if outcome[r] == "pause" and e.n_searches < cfg.max_searches:
+            if outcome[r] == "pause" and BEGIN_QUERY not in e.segments[-1][0]:
+                e.stop = "unopened"  # nothing to search for: the episode ends, and its format reward says why
+            elif outcome[r] == "pause" and e.n_searches < cfg.max_searches:
                 query = e.segments[-1][0].rsplit(BEGIN_QUERY, 1)[-1].split(END_QUERY)[0].strip()
                 searching.append((r, query))
         found = retriever.search([q for _, q in searching], cfg.top_k) if searching else []
@@ -155,7 +157,7 @@ def rollout(model, tokenizer, retriever, prompts: list[str], cfg: RolloutConfig)
 
         keep, pending = [], []  # the rows that go on, and the ids each of them feeds next
         for r, e in enumerate(episodes[i] for i in live):
-            if outcome[r] != "pause":
+            if e.stop != "pause":
                 continue
             query, block = blocks.get(r, (None, message_block(LIMIT_REACHED)))
             block_ids = tokenizer(block, add_special_tokens=False).input_ids

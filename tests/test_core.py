@@ -9,7 +9,8 @@ from rank_bm25 import BM25Okapi
 from minisearcher.data import load_corpus, load_questions
 from minisearcher.grpo import GRPOConfig, collate, group_advantages, grpo_loss, grpo_update, token_logprobs
 from minisearcher.model import load_policy
-from minisearcher.prompts import BEGIN_DOCS, END_DOCS, build_prompt, documents_block, passage_text
+from minisearcher.prompts import (BEGIN_DOCS, BEGIN_QUERY, END_DOCS, END_QUERY, build_prompt, documents_block,
+                                  passage_text)
 from minisearcher.retriever import BM25, tokenize
 from minisearcher.rewards import cover_em, exact_match, extract_answer, f1_score, format_ok, reward
 from minisearcher.rollout import RolloutConfig, rollout
@@ -92,7 +93,7 @@ def test_prompts_end_with_think(qwen_tokenizer_dir):
     assert chat.startswith("<|im_start|>system\nThe User asks a question")
     assert chat.endswith("<|im_start|>user\nWho?<|im_end|>\n<|im_start|>assistant\n<think>")
     block = documents_block([{"title": "A", "text": "one two " * 100}], tokenizer, max_tokens=10)
-    assert block.startswith(f"\n\n{BEGIN_DOCS}\n(1)A one two") and block.endswith(f"\n{END_DOCS}\n\n")
+    assert block.startswith(f"\n\n{BEGIN_DOCS}\n(1) A one two") and block.endswith(f"\n{END_DOCS}\n\n")
     assert len(tokenizer(block).input_ids) < 30  # the passage was cut to its token budget
 
 
@@ -136,6 +137,17 @@ def test_rollout_pauses_searches_and_masks_what_the_system_wrote(searcher, world
     assert batch["attention"][1, :padding].sum() == 0 and batch["loss_mask"][1, :padding].sum() == 0
     assert batch["loss_mask"][1].sum() == len(short.ids) == 3
 
+
+def test_an_end_of_query_tag_with_no_query_opened_ends_the_episode_without_a_search(searcher, world):
+    model, tokenizer, question, segments = searcher
+    _, retriever = world
+    # the prompt already holds the opening tag, so the model's own turn closes a query it never opened
+    opened = segments[0][0].split(BEGIN_QUERY)[0] + BEGIN_QUERY
+    [episode] = rollout(model, tokenizer, retriever, [PROMPT.format(question["question"]) + opened],
+                        RolloutConfig(**{**CONFIG.__dict__, "temperature": 0}))
+    assert episode.model_text.strip().endswith(END_QUERY) and BEGIN_QUERY not in episode.model_text
+    assert episode.stop == "unopened" and episode.n_searches == 0 and episode.queries == []
+    assert reward(1, episode.model_text, episode.n_searches, [question["answer"]]) == 0.0
 
 def test_recomputed_logprobs_equal_the_sampled_ones(searcher, world):
     """Sampling with pauses, holes in the cache and injected blocks gives the same log-probs as one plain forward."""

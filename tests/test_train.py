@@ -77,3 +77,21 @@ def test_bad_input_stops_before_training(tiny_qwen_dir, tmp_path, capsys):
     message = error("--model", str(tmp_path / "no-model"), "--train-data", good, "--corpus", corpus,
                     "--out", str(tmp_path / "out"))
     assert "cannot load it" in message and "local folder" in message
+
+
+def test_shrunken_demo_learns_to_search(tmp_path, monkeypatch):
+    """`train.py --preset demo` shrunk to two minutes: small worlds, a short cold start, a few RL steps. Stage 1
+    rewards searching in the right format, so its mean reward must rise from the first steps to the last."""
+    monkeypatch.setattr(train, "DEMO_WORLD", dict(n_people=60, n_cities=30, n_companies=30, n_works=40))
+    monkeypatch.setattr(train, "DEMO_READ_WORLDS", 2)
+    monkeypatch.setattr(train, "DEMO_READ_STEPS", 100)
+    monkeypatch.setattr(train, "DEMO_EVAL_QUESTIONS", 40)
+    train.main(["--preset", "demo", "--out", str(tmp_path), "--sft-steps", "150", "--stage1-steps", "8",
+                "--steps", "2", "--questions-per-step", "4"])
+    stage1 = [r["reward_mean"] for r in read_metrics(tmp_path) if r["stage"] == 1]
+    assert len(stage1) == 8 and sum(stage1[-3:]) / 3 > sum(stage1[:3]) / 3
+    with open(tmp_path / "summary.json") as f:
+        summary = json.load(f)
+    assert list(summary) == ["no_search", "sft", "stage1", "stage2"]
+    assert all(m["n"] == 40 for m in summary.values()) and summary["no_search"]["searches_mean"] == 0
+    assert (tmp_path / "training.png").stat().st_size > 10_000
