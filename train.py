@@ -230,8 +230,8 @@ def train(args, model, tokenizer, retriever, questions, traces):
 
 
 DEMO = dict(out="runs/demo", stage="both", stage1_steps=15, steps=40, questions_per_step=8, group_size=8, lr=2e-3,
-            beta=0.0, top_k=1, doc_tokens=64, max_turn_tokens=100, max_episode_tokens=400, micro_batch=16, dtype="float32",
-            sft_steps=600, save_every=10)
+            beta=0.0, top_k=1, doc_tokens=64, max_turn_tokens=100, max_episode_tokens=400, micro_batch=16,
+            dtype="float32", sft_steps=600, save_every=10)
 DEMO_WORLD = dict(n_people=300, n_cities=120, n_companies=120, n_works=160)  # 700 passages, 750 questions
 DEMO_READ_STEPS, DEMO_READ_WORLDS = 1000, 6  # language modelling on the worlds' passages, 128 tokens x 16
 SFT_BATCH, LR = 16, 3e-3
