@@ -21,10 +21,10 @@ from tqdm import tqdm
 from minisearcher.data import load_corpus, load_questions
 from minisearcher.grpo import GRPOConfig, group_advantages, grpo_update
 from minisearcher.model import load_policy, uses_chat_template
-from minisearcher.prompts import build_prompt, passage_text
+from minisearcher.prompts import build_prompt, documents_block, passage_text
 from minisearcher.retriever import BM25
 from minisearcher.rewards import extract_answer, f1_score, format_ok, reward
-from minisearcher.rollout import RolloutConfig, rollout
+from minisearcher.rollout import Episode, RolloutConfig, rollout
 from minisearcher.sft import sft_step, trace_episode
 
 
@@ -250,16 +250,19 @@ def cold_start(args, worlds: list, folder: str):
        so this is where the model learns to copy a name it has just read: the skill a searcher needs most;
     2. cold-start SFT: a full fine-tune on imperfect traces of the same worlds' questions, the documents masked out
        of the loss. There are enough of them that memorising answers does not pay, and none is seen again later.
+    Both are the same sft_step; a page of reading is an episode whose every token counts as the model's.
     Saves the model and its tokenizer in `folder`; each step's loss goes to OUT/metrics.jsonl."""
     from minisearcher import toyworld
-    from minisearcher.prompts import documents_block
 
     tokenizer = toyworld.world_tokenizer([p["text"] for w in worlds for p in w.passages] +
                                          [q["question"] for w in worlds for q in w.questions])
     rng = random.Random(args.seed)
-    text = torch.tensor([token for w in worlds for p in rng.sample(w.passages, len(w.passages))
-                         for token in tokenizer(f" {passage_text(p)}\n").input_ids])
-    pages = text[:len(text) // 128 * 128].view(-1, 128)  # (n, 128): the passages, shuffled and packed
+    text = [token for w in worlds for p in rng.sample(w.passages, len(w.passages))
+            for token in tokenizer(f" {passage_text(p)}\n").input_ids]  # the passages, shuffled and packed
+    pages = []  # 128 tokens each: the first one is the prompt, the model is trained on the other 127
+    for start in range(0, len(text) - 127, 128):
+        pages.append(Episode(text[start:start + 1]))
+        pages[-1].extend(text[start + 1:start + 128], tokenizer.decode(text[start + 1:start + 128]), True, [0.0] * 127)
     episodes = []
     for world in worlds:
         retriever = BM25(world.passages)
@@ -269,21 +272,11 @@ def cold_start(args, worlds: list, folder: str):
             for q in world.questions]
     model = toyworld.tiny_qwen(tokenizer, seed=args.seed)
     model.train()
-    for phase, steps in [("read", DEMO_READ_STEPS), ("sft", args.sft_steps)]:
+    for phase, data, steps in [("read", pages, DEMO_READ_STEPS), ("sft", episodes, args.sft_steps)]:
         optimizer = torch.optim.AdamW(model.parameters(), lr=LR)
         schedule = warmup_cosine(optimizer, steps)
         for step in (bar := tqdm(range(steps), desc="reading" if phase == "read" else "cold-start SFT")):
-            if phase == "read":
-                batch = pages[torch.randint(len(pages), (16,))]  # (16, 128)
-                loss = model(batch, labels=batch).loss
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                loss = loss.item()
-            else:
-                loss = sft_step(model, optimizer, rng.sample(episodes, SFT_BATCH), tokenizer.pad_token_id,
-                                args.micro_batch)
+            loss = sft_step(model, optimizer, rng.sample(data, SFT_BATCH), tokenizer.pad_token_id, args.micro_batch)
             schedule.step()
             bar.set_postfix(loss=f"{loss:.3f}")
             with open(os.path.join(args.out, "metrics.jsonl"), "a") as f:
@@ -328,16 +321,18 @@ def demo(args):
     print("\nheld-out world, greedy:\n| model | cover_em | f1 | searches_mean | n |\n|---|---|---|---|---|")
     for name, m in summary.items():
         print(f"| {name} | {m['cover_em']:.3f} | {m['f1']:.3f} | {m['searches_mean']:.2f} | {m['n']} |")
-    plot_training(os.path.join(args.out, "metrics.jsonl"), os.path.join(args.out, "training.png"))
-
-
-def plot_training(metrics_path: str, png: str):
     import matplotlib
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # a file, not a window
+    with open(os.path.join(args.out, "metrics.jsonl")) as f:
+        rows = [r for r in map(json.loads, f) if r["stage"] in (1, 2)]
+    plot_training(rows).savefig(os.path.join(args.out, "training.png"), dpi=120)
+
+
+def plot_training(rows: list[dict]):
+    """Reward and searches per GRPO step, stage 1 then stage 2, from metrics rows: the demo's training.png, and
+    notebook 5's live plot."""
     import matplotlib.pyplot as plt
 
-    with open(metrics_path) as f:
-        rows = [r for r in map(json.loads, f) if r["stage"] in (1, 2)]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for stage, colour in [(1, "tab:blue"), (2, "tab:orange")]:
         mine = [(i, r) for i, r in enumerate(rows) if r["stage"] == stage]
@@ -349,7 +344,7 @@ def plot_training(metrics_path: str, png: str):
     axes[0].set_ylabel("reward (stage 1: 0..1, stage 2: -2..1)")
     axes[1].set_ylabel("searches")
     fig.tight_layout()
-    fig.savefig(png, dpi=120)
+    return fig
 
 
 def main(argv=None):

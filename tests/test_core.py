@@ -149,6 +149,7 @@ def test_an_end_of_query_tag_with_no_query_opened_ends_the_episode_without_a_sea
     assert episode.stop == "unopened" and episode.n_searches == 0 and episode.queries == []
     assert reward(1, episode.model_text, episode.n_searches, [question["answer"]]) == 0.0
 
+
 def test_recomputed_logprobs_equal_the_sampled_ones(searcher, world):
     """Sampling with pauses, holes in the cache and injected blocks gives the same log-probs as one plain forward."""
     model, tokenizer, question, _ = searcher
