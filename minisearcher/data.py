@@ -47,7 +47,8 @@ def load_questions(source: str, limit: int | None = None) -> list[dict]:
             raise ValueError(f"{where}: missing 'question' (a non-empty string)")
         if "answer" not in row and "answers" not in row:
             raise ValueError(f"{where}: missing 'answer'")
-        questions.append({"question": question.strip(), "answers": gold_answers(row.get("answer", row.get("answers")), where)})
+        answers = gold_answers(row.get("answer", row.get("answers")), where)
+        questions.append({"question": question.strip(), "answers": answers})
     return questions
 
 

@@ -50,7 +50,8 @@ class BM25:
         self.weight = idf[pair // N] * (tf * (k1 + 1) / (tf + k1 * (1 - b + b * dl / avgdl)))
 
     def scores(self, queries: list[str]) -> np.ndarray:
-        """(Q, N) BM25 score of every passage for every query. A repeated query word counts each time, as in rank_bm25."""
+        """(Q, N) BM25 score of every passage for every query. A repeated query word counts each time, as in
+        rank_bm25."""
         scores = np.zeros((len(queries), len(self.passages)))
         for i, query in enumerate(queries):
             for w in tokenize(query):

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
-from .prompts import ANSWER, BEGIN_QUERY, END_ANSWER, END_QUERY, END_THINK
+from .prompts import ANSWER, BEGIN_QUERY, END_ANSWER, END_QUERY, END_THINK, passage_text
 
 SYLLABLES = [onset + vowel for onset in ["b", "br", "d", "dr", "f", "k", "kr", "l", "m", "n", "p", "r", "s", "st",
                                          "t", "tr", "v", "z"] for vowel in "aeiou"]
@@ -171,6 +171,42 @@ def make_worlds(seed: int, n: int, **sizes) -> list[World]:
     return [make_world(seed + i, word=word, **sizes) for i in range(n)]
 
 
+def study_texts(world: World) -> list[str]:
+    """Each passage followed by the facts it states, in the words of the traces' findings ("Ruzu was founded by Tove
+    Nuka."): reading them, a model learns to copy a name from a passage into its own sentence."""
+    facts = {}
+    for q in world.questions:
+        for step in q["steps"]:
+            facts.setdefault(step["query"].rsplit(" ", 1)[0], set()).add(step["finding"].split(" So ")[0])
+    return [f" {passage_text(p)}" + "".join(f" {f}" for f in sorted(facts.get(p["title"], ()))) + "\n"
+            for p in world.passages]
+
+
+def _made_up_name(rng: random.Random) -> str:
+    def word() -> str:
+        return "".join(rng.choices(SYLLABLES, k=2)).capitalize()
+    return word() + (f" {word()}" if rng.random() < 0.4 else "")  # a person's name too
+
+
+def copy_exercise(rng: random.Random) -> str:
+    """A few made-up names, then the same names again: from the second "." on, every name can be copied from before.
+    A model trained from random weights needs text like this to learn, within minutes, to copy what it has just read
+    (an "induction head"); from passages alone it does not. A pretrained LLM learned it long ago."""
+    names = [_made_up_name(rng) for _ in range(rng.randint(3, 6))]
+    return f" {', '.join(names)}. {', '.join(names)}.\n"
+
+
+def compare_exercise(rng: random.Random) -> str:
+    """Two made-up years and which came first, in the words of a comparison's finding: "Brupa was founded in 1931.
+    Sodi was founded in 1917. So Sodi was founded first." Another skill a pretrained LLM brings and a random model
+    does not. Read in the cold start, they raised the held-out Cover-EM of a shortened demo from 0.52 to 0.58."""
+    verb, years = rng.choice([("born", (1880, 1960)), ("founded", (1905, 2010))])
+    a, b = _made_up_name(rng), _made_up_name(rng)
+    year_a, year_b = rng.sample(range(*years), 2)
+    first = a if year_a < year_b else b
+    return f" {a} was {verb} in {year_a}. {b} was {verb} in {year_b}. So {first} was {verb} first.\n"
+
+
 def write_jsonl(rows: list[dict], path: str) -> None:
     with open(path, "w", encoding="utf-8") as f:
         f.writelines(json.dumps(row) + "\n" for row in rows)
@@ -217,13 +253,15 @@ def world_tokenizer(texts: list[str], vocab_size: int = 600):
 
 
 def tiny_qwen(tokenizer, hidden: int = 128, layers: int = 4, seed: int = 0):
-    """A randomly initialised Qwen2 of about a million parameters: small enough to train on a laptop CPU."""
+    """A randomly initialised Qwen2 of about half a million parameters: small enough to train on a laptop CPU. The
+    MLPs are narrow (copying is attention's work) and the initial weights wider than Qwen's 0.02: both made the
+    copying skill appear in fewer steps (tests in wip/issue3/s4)."""
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(seed)
-    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=3 * hidden,
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden,
                          num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=2048, tie_word_embeddings=True,
+                         max_position_embeddings=2048, tie_word_embeddings=True, initializer_range=0.06,
                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     return Qwen2ForCausalLM(config)

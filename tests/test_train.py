@@ -1,6 +1,7 @@
 """train.py end to end on a tiny local model: the files it writes, --resume, and the errors for bad input."""
 import json
 import os
+import re
 
 import pytest
 from peft import PeftModel
@@ -65,7 +66,8 @@ def test_bad_input_stops_before_training(tiny_qwen_dir, tmp_path, capsys):
     corpus = shared_file("wiki-mini.jsonl")
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "a?", "answer": "b"}\n{"answer": "c"}\n')
-    assert f"{bad}:2: missing 'question'" in error("--model", "nowhere/none", "--train-data", str(bad), "--corpus", corpus)
+    assert f"{bad}:2: missing 'question'" in error("--model", "nowhere/none", "--train-data", str(bad),
+                                                   "--corpus", corpus)
     assert "no such file" in error("--model", tiny_qwen_dir, "--train-data", "missing.jsonl", "--corpus", corpus)
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
@@ -79,12 +81,34 @@ def test_bad_input_stops_before_training(tiny_qwen_dir, tmp_path, capsys):
     assert "cannot load it" in message and "local folder" in message
 
 
+def test_exercises_copy_and_compare_and_pages_keep_every_token_in_order():
+    import random
+
+    from minisearcher import toyworld
+    rng = random.Random(0)
+    exercises = [toyworld.copy_exercise(rng) for _ in range(50)]
+    for text in exercises:
+        first, second = text.strip().rstrip(".").split(". ")
+        assert first == second and 3 <= len(first.split(", ")) <= 6
+    for text in (toyworld.compare_exercise(rng) for _ in range(50)):  # "A was born in Y. B ... So A was born first."
+        pattern = r" (.+) was (born|founded) in (\d+)\. (.+) was \2 in (\d+)\. So (.+) was \2 first\.\n"
+        a, _, year_a, b, year_b, first = re.fullmatch(pattern, text).groups()
+        assert first == (a if int(year_a) < int(year_b) else b) and year_a != year_b
+    world = toyworld.make_world(0, n_people=12, n_cities=6, n_companies=6, n_works=6)
+    tokenizer = toyworld.world_tokenizer([p["text"] for p in world.passages])
+    ids = [t for text in exercises for t in tokenizer(text).input_ids]
+    pages = train.pages(tokenizer, exercises, length=32)
+    assert len(pages) == len(ids) // 32  # only the last, partial page is left out
+    assert [t for p in pages for t in p.prompt_ids + p.ids] == ids[:len(pages) * 32]
+    assert all(len(p.prompt_ids) == 1 and p.loss_mask == [1] * 31 for p in pages)
+
+
 def test_shrunken_demo_learns_to_search(tmp_path, monkeypatch):
     """`train.py --preset demo` shrunk to two minutes: small worlds, a short cold start, a few RL steps. Stage 1
     rewards searching in the right format, so its mean reward must rise from the first steps to the last."""
     monkeypatch.setattr(train, "DEMO_WORLD", dict(n_people=60, n_cities=30, n_companies=30, n_works=40))
-    monkeypatch.setattr(train, "DEMO_READ_WORLDS", 2)
-    monkeypatch.setattr(train, "DEMO_READ_STEPS", 100)
+    monkeypatch.setattr(train, "COLD_START", [("copy", 100, (0, 0), (64, 32)), ("read", 50, (16, 128), (16, 32)),
+                                              ("sft", None, (8, None), (16, 32))])
     monkeypatch.setattr(train, "DEMO_EVAL_QUESTIONS", 40)
     train.main(["--preset", "demo", "--out", str(tmp_path), "--sft-steps", "150", "--stage1-steps", "8",
                 "--steps", "2", "--questions-per-step", "4"])
