@@ -257,16 +257,18 @@ def warmup(optimizer, cosine_over: int | None = None):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, scale)
 
 
+def page(tokenizer, ids: list[int]) -> Episode:
+    """A page of text as an episode whose every token but the first (its prompt) is the model's: language modelling
+    is then the same sft_step as the traces."""
+    episode = Episode(ids[:1])
+    episode.extend(ids[1:], tokenizer.decode(ids[1:]), True, [0.0] * (len(ids) - 1))
+    return episode
+
+
 def pages(tokenizer, texts: list[str], length: int = 128) -> list[Episode]:
-    """The texts packed into pages of `length` tokens (the last, partial one left out), each an episode whose every
-    token but the first (its prompt) is the model's: language modelling is then the same sft_step as the traces."""
+    """The texts packed into pages of `length` tokens, the last, partial one left out."""
     ids = [token for text in texts for token in tokenizer(text).input_ids]
-    out = []
-    for start in range(0, len(ids) - length + 1, length):
-        out.append(Episode(ids[start:start + 1]))
-        out[-1].extend(ids[start + 1:start + length], tokenizer.decode(ids[start + 1:start + length]), True,
-                       [0.0] * (length - 1))
-    return out
+    return [page(tokenizer, ids[start:start + length]) for start in range(0, len(ids) - length + 1, length)]
 
 
 def copy_page(tokenizer, rng: random.Random, length: int) -> Episode:
@@ -276,7 +278,7 @@ def copy_page(tokenizer, rng: random.Random, length: int) -> Episode:
     ids = []
     while len(ids) < length:
         ids += tokenizer(toyworld.copy_exercise(rng)).input_ids
-    return pages(tokenizer, [tokenizer.decode(ids[:length])], length)[0]
+    return page(tokenizer, ids[:length])
 
 
 def cold_start(args, folder: str):

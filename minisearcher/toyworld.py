@@ -254,8 +254,8 @@ def world_tokenizer(texts: list[str], vocab_size: int = 600):
 
 def tiny_qwen(tokenizer, hidden: int = 128, layers: int = 4, seed: int = 0):
     """A randomly initialised Qwen2 of about half a million parameters: small enough to train on a laptop CPU. The
-    MLPs are narrow (copying is attention's work) and the initial weights wider than Qwen's 0.02: both made the
-    copying skill appear in fewer steps (tests in wip/issue3/s4)."""
+    MLPs are narrow (copying is attention's work) and the initial weights wider than Qwen's 0.02: with both, copy
+    exercises were learned by step 400 (from 800-1,000 with 3x-wide MLPs and 0.02), and each step is cheaper."""
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
