@@ -167,6 +167,19 @@ def test_recomputed_logprobs_equal_the_sampled_ones(searcher, world):
     assert ((logp - batch["old_logp"][:, -K:]).abs() * mask).max() < 1e-4
 
 
+def test_greedy_rollouts_do_not_depend_on_the_batch(searcher, world):
+    """The demo evaluates 200 questions in one batch: rows that pause, search and finish at different times must
+    decode exactly as they would alone."""
+    model, tokenizer, question, _ = searcher
+    _, retriever = world
+    prompts = [PROMPT.format(q["question"]) for q in [question] + world[0].questions[:5]]
+    greedy = RolloutConfig(**{**CONFIG.__dict__, "temperature": 0})
+    together = rollout(model, tokenizer, retriever, prompts, greedy)
+    alone = [rollout(model, tokenizer, retriever, [p], greedy)[0] for p in prompts]
+    assert [e.ids for e in together] == [e.ids for e in alone]
+    assert len({(e.n_searches, len(e.ids)) for e in together}) > 1  # the rows really went their own ways
+
+
 def test_rollout_is_bounded(searcher, world):
     model, tokenizer, question, _ = searcher
     _, retriever = world
