@@ -34,7 +34,8 @@ from common import qwen_tokenizer_dir  # noqa: E402
 from minisearcher.grpo import GRPOConfig, group_advantages, grpo_update  # noqa: E402
 from minisearcher.model import load_policy  # noqa: E402
 from minisearcher.retriever import BM25  # noqa: E402
-from minisearcher.rollout import Episode, RolloutConfig, rollout  # noqa: E402
+from minisearcher.episode import Episode  # noqa: E402
+from minisearcher.rollout import RolloutConfig, rollout  # noqa: E402
 
 VOCAB = 151936
 # Qwen2.5's published configs: hidden, intermediate (MLP), layers, attention heads, key/value heads, tied embeddings

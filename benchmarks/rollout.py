@@ -156,7 +156,7 @@ def grpo_step_share(model, tokenizer, retriever, world, cfg, B, G) -> dict:
     model.eval()
     episodes = rollout(model, tokenizer, timed, prompts, cfg)
     t_rollout = time.perf_counter() - start
-    scores = torch.tensor([rewards.reward(2, e.model_text, e.n_searches, [q["answer"]])
+    scores = torch.tensor([rewards.reward(2, e.model_text, e.n_searches, q["answers"])
                            for e, q in zip(episodes, [q for q in questions for _ in range(G)])])
     advantages = group_advantages(scores.view(B, G)).flatten()
     model.train()

@@ -2,7 +2,7 @@
 
 A random-weight model never writes <|end_of_query|>, so a benchmark on it would measure plain generation. Instead we
 fit a small Qwen2 (real Qwen tokenizer, full 151,936-row vocabulary) for a few hundred steps on the toy world's
-cold-start traces (toyworld.sft_trace, mostly the "full" style: two searches), then roll it out at temperature 1.
+cold-start traces (sft.sft_trace, mostly the "full" style: two searches), then roll it out at temperature 1.
 
 The fit is affordable on a CPU (300 steps, ~20 minutes on 2 shared cores) because only ~400 of the 151,936 token ids
 ever occur in the toy world. The rows of all the others are fixed at zero, so their logits are exactly 0 and the
@@ -27,7 +27,7 @@ from minisearcher import toyworld
 from minisearcher.grpo import collate
 from minisearcher.prompts import build_prompt, documents_block
 from minisearcher.retriever import BM25
-from minisearcher.sft import trace_episode
+from minisearcher.sft import sft_trace, trace_episode
 
 CACHE = os.path.join(os.path.dirname(__file__), "..", "runs", "benchmarks")
 VOCAB = 151936  # Qwen2.5's embedding rows (the tokenizer uses 151,669 of them)
@@ -48,7 +48,7 @@ def toy_setup(tokenizer, seed: int = 0):
     for q in world.questions:
         style = rng.choice(["full", "full", "full", "one"])  # mostly two searches: several pauses per episode
         e = trace_episode(tokenizer, build_prompt(tokenizer, q["question"], chat=False),
-                          toyworld.sft_trace(q, style, documents, rng))
+                          sft_trace(q, style, documents, rng))
         e.extend([tokenizer.eos_token_id], "", True, [0.0])  # so that the model learns to stop
         episodes.append(e)
     return world, retriever, episodes

@@ -64,6 +64,16 @@ def load_hub_dataset(name: str):
                          "Pass a local JSON-lines file with 'question' and 'answer' instead.") from None
 
 
+def passage_text(passage: dict) -> str:
+    """What BM25 indexes and what a documents block shows of a passage."""
+    return f"{passage['title']} {passage['text']}"
+
+
+def write_jsonl(rows: list[dict], path: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+
+
 def load_corpus(path: str) -> list[dict]:
     """Passages {"id", "title", "text"}. Rows with a single "contents" field ('"Title"\\ntext', the format of
     R1-Searcher's and FlashRAG's Wikipedia dumps) are split into title and text."""

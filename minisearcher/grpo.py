@@ -2,16 +2,22 @@
 
 The reference policy is the model with its LoRA adapter disabled, so its log-probs cost a forward pass and no memory.
 The "old" policy is the one that sampled: its log-probs were recorded token by token during the rollout.
+One step, as `grpo_step` runs it: questions -> rollout -> rewards -> group advantages -> clipped masked loss -> update.
 """
+import time
 from dataclasses import dataclass
 
 import torch
 
-from .rollout import Episode
+from .episode import Episode
+from .prompts import build_prompt
+from .rewards import extract_answer, f1_score, format_ok, reward
+from .rollout import RolloutConfig, rollout
 
 
 @dataclass
 class GRPOConfig:
+    group_size: int = 8  # G episodes per question
     clip_eps: float = 0.2
     beta: float = 0.001  # weight of the KL penalty
     scale_by_std: bool = True  # False: "Dr. GRPO", advantages are only centred
@@ -93,7 +99,7 @@ def grpo_update(model, optimizer, episodes: list[Episode], advantages: torch.Ten
             logp = token_logprobs(model, batch["ids"], batch["attention"], K)
             ref_logp = None
             if cfg.beta:
-                with torch.no_grad(), model.disable_adapter():
+                with torch.no_grad(), model.disable_adapter():  # pi_ref
                     ref_logp = token_logprobs(model, batch["ids"], batch["attention"], K)
             loss, stats = grpo_loss(logp, batch["old_logp"][:, -K:], ref_logp, advantages[micro].to(device),
                                     batch["loss_mask"][:, -K:], cfg, n_tokens)
@@ -105,3 +111,24 @@ def grpo_update(model, optimizer, episodes: list[Episode], advantages: torch.Ten
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     return totals
+
+
+def grpo_step(model, tokenizer, retriever, questions: list[dict], optimizer, stage: int, rollout_cfg: RolloutConfig,
+              cfg: GRPOConfig, chat: bool) -> dict:
+    """One GRPO step on a batch of B questions: G episodes each, their rewards, advantages, one update. Returns the
+    step's metrics."""
+    start = time.time()
+    G = cfg.group_size
+    prompts = [build_prompt(tokenizer, q["question"], chat) for q in questions for _ in range(G)]
+    golds = [q["answers"] for q in questions for _ in range(G)]
+    model.eval()
+    episodes = rollout(model, tokenizer, retriever, prompts, rollout_cfg)
+    rewards = torch.tensor([reward(stage, e.model_text, e.n_searches, g) for e, g in zip(episodes, golds)])
+    advantages = group_advantages(rewards.view(-1, G), scale_by_std=cfg.scale_by_std).flatten()  # (B * G,)
+    model.train()
+    stats = grpo_update(model, optimizer, episodes, advantages, tokenizer.pad_token_id, cfg)
+    return {"reward_mean": rewards.mean().item(), "reward_std": rewards.std().item(),
+            "searches_mean": sum(e.n_searches for e in episodes) / len(episodes),
+            "format_ok": sum(format_ok(e.model_text) for e in episodes) / len(episodes),
+            "f1_mean": sum(f1_score(extract_answer(e.model_text), g) for e, g in zip(episodes, golds)) / len(episodes),
+            **stats, "tokens": sum(len(e.ids) for e in episodes), "seconds": time.time() - start}

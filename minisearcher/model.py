@@ -64,13 +64,3 @@ def disable_cpu_bf16_kernel(model):
     for module in model.modules():
         if isinstance(module, bnb.nn.Linear4bit):
             module.support_avx512bf16_for_cpu = False
-
-
-def uses_chat_template(tokenizer) -> bool:
-    return tokenizer.chat_template is not None
-
-
-def stop_token_ids(model, tokenizer) -> set[int]:
-    eos = model.generation_config.eos_token_id
-    ids = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}
-    return {i for i in ids if i is not None}

@@ -1,4 +1,5 @@
 """The R1-Searcher protocol: its tags, the two prompt templates and the documents block the system injects."""
+from .data import passage_text
 
 BEGIN_QUERY, END_QUERY = "<|begin_of_query|>", "<|end_of_query|>"
 BEGIN_DOCS, END_DOCS = "<|begin_of_documents|>", "<|end_of_documents|>"
@@ -18,16 +19,18 @@ INSTRUCTIONS = (
 LIMIT_REACHED = "The search limit has been reached. Answer with what you know now."
 
 
+def use_chat(tokenizer, prompt: str = "auto") -> bool:
+    """The one rule for the template: "chat" or "base" as asked; "auto": chat if the tokenizer has a chat template
+    (an instruct model), else the plain-text base prompt."""
+    return tokenizer.chat_template is not None if prompt == "auto" else prompt == "chat"
+
+
 def build_prompt(tokenizer, question: str, chat: bool) -> str:
     """The text the episode starts from. It always ends with <think>, so the response never writes one itself."""
     if chat:  # instruct model: the instructions as a system message through the model's own chat template
         messages = [{"role": "system", "content": INSTRUCTIONS}, {"role": "user", "content": question}]
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + THINK
     return f"{INSTRUCTIONS}\n\nUser: {question}\nAssistant: {THINK}"
-
-
-def passage_text(passage: dict) -> str:
-    return f"{passage['title']} {passage['text']}"
 
 
 def documents_block(passages: list[dict], tokenizer=None, max_tokens: int | None = None) -> str:

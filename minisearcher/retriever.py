@@ -12,7 +12,7 @@ import re
 
 import numpy as np
 
-from .prompts import passage_text
+from .data import passage_text
 
 WORD = re.compile(r"\w+")
 
@@ -27,8 +27,8 @@ class BM25:
             raise ValueError("the corpus has no passages")
         self.passages = passages
         self.vocab: dict[str, int] = {}
-        # word ids, one array per passage as soon as it is tokenised: holding the words of every passage as Python
-        # strings at once nearly doubled the peak memory of the build (996 MiB for 100k passages of 80 words, now 566)
+        # word ids, one array per passage as soon as it is tokenised: the words of every passage as Python strings
+        # at once would nearly double the build's peak memory (docs/PERFORMANCE.md)
         words = [np.array([self.vocab.setdefault(w, len(self.vocab)) for w in tokenize(passage_text(p))],
                           dtype=np.int64) for p in passages]
         doc_len = np.array([len(w) for w in words])  # (N,)

@@ -14,12 +14,12 @@ Rows that are done leave the batch at the end of the round.
 DESIGN invariant 1 (token exactness): an episode's ids are exactly the sampled ids plus the ids of each documents
 block, tokenised on its own; the text is never tokenised again. Invariant 2: loss_mask is 1 on sampled ids only.
 """
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache
 
-from .model import stop_token_ids
+from .episode import Episode
 from .prompts import BEGIN_QUERY, END_ANSWER, END_QUERY, LIMIT_REACHED, documents_block, message_block
 
 TAIL = 12  # the last tokens decoded after each step to spot a stop string, which may span several tokens
@@ -35,29 +35,11 @@ class RolloutConfig:
     temperature: float = 1.0  # 0 = greedy
 
 
-@dataclass
-class Episode:
-    prompt_ids: list[int]
-    ids: list[int] = field(default_factory=list)  # the response: sampled and injected ids, in order
-    loss_mask: list[int] = field(default_factory=list)  # 1 where the policy sampled the id, 0 where the system wrote it
-    logprobs: list[float] = field(default_factory=list)  # log pi_old of each sampled id (0.0 on injected ids)
-    segments: list[tuple[str, bool]] = field(default_factory=list)  # (text, written by the model?)
-    queries: list[str] = field(default_factory=list)  # the searches made
-    stop: str = ""  # "answer", "eos", "length" or "unopened" (an end-of-query tag with no query opened)
-
-    @property
-    def model_text(self) -> str:
-        return "".join(text for text, by_model in self.segments if by_model)
-
-    @property
-    def n_searches(self) -> int:
-        return len(self.queries)
-
-    def extend(self, ids: list[int], text: str, by_model: bool, logprobs: list[float] | None = None):
-        self.ids += ids
-        self.loss_mask += [int(by_model)] * len(ids)
-        self.logprobs += logprobs if by_model else [0.0] * len(ids)
-        self.segments.append((text, by_model))
+def stop_token_ids(model, tokenizer) -> set[int]:
+    """The ids that end an episode: the model's end-of-sequence ids (an instruct model's end of turn among them)."""
+    eos = model.generation_config.eos_token_id
+    ids = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}
+    return {i for i in ids if i is not None}
 
 
 def feed(model, tokens: list[list[int]], cache, mask: torch.Tensor, pad_id: int):

@@ -4,16 +4,17 @@ Every name in it (people, cities, companies, films, books) is made up from sylla
 a fact about it in advance: the only way to answer is to search the world's passages. Every question needs two
 searches. Bridge: "In which city was the founder of Ruzu born?" (who founded Ruzu, then where was that person
 born). Comparison: "Who was born first, A or B?" (A's birth year, then B's). `make_worlds` builds worlds that share
-no name word, so a score on a held-out world measures searching, not remembering the training world. `sft_trace`
-writes the deliberately imperfect cold-start traces, in the exact R1-Searcher protocol.
+no name word, so a score on a held-out world measures searching, not remembering the training world.
+
+The world is data only: passages in the schema of a Wikipedia corpus line, questions in the schema of every question
+set ({"question", "answers": [...]}) with the two steps of their solution, from which `sft.sft_trace` writes a
+cold-start trace.
 """
-import json
 import random
 import re
 from dataclasses import dataclass
 from typing import Callable
 
-from .prompts import ANSWER, BEGIN_QUERY, END_ANSWER, END_QUERY, END_THINK, passage_text
 
 SYLLABLES = [onset + vowel for onset in ["b", "br", "d", "dr", "f", "k", "kr", "l", "m", "n", "p", "r", "s", "st",
                                          "t", "tr", "v", "z"] for vowel in "aeiou"]
@@ -38,14 +39,13 @@ SIGHTS = ["harbour", "old bridges", "markets", "gardens", "castle", "university"
 NOUNS = ["Song", "Road", "Crown", "Garden", "Mirror", "Winter", "Letter", "Island"]
 HEROES = ["young sailor", "old teacher", "lost child", "proud baker"]
 PLOTS = ["searches for a missing brother", "returns home after a long war", "finds a hidden map", "builds a boat"]
-SFT_STYLES = {"full": 0.2, "one": 0.35, "none": 0.45}  # the cold-start mix: mostly imperfect, on purpose
 
 
 @dataclass
 class World:
     passages: list[dict]   # {"id", "title", "text"}: the schema of a wiki corpus line
-    questions: list[dict]  # {"question", "answer", "type", "steps": [step, step], "decoys": wrong names of the
-    #                        answer's kind, which sft_trace guesses from}
+    questions: list[dict]  # {"question", "answers": [name], "type", "steps": [step, step], "decoys": wrong names
+    #                        of the answer's kind, which sft_trace guesses from}
 
 
 def _namer(rng: random.Random) -> Callable[..., str]:
@@ -108,7 +108,7 @@ def _comparison(a: dict, b: dict, verb: str, question: str) -> dict:
     steps = [_step(f"I need to find when {e['name']} was {verb}.", f"{e['name']} {verb}",
                    f"{e['name']} was {verb} in {e['year']}.") for e in (a, b)]
     steps[1]["finding"] += f" So {first['name']} was {verb} first."
-    return {"question": question.format(a["name"], b["name"]), "answer": first["name"], "type": "comparison",
+    return {"question": question.format(a["name"], b["name"]), "answers": [first["name"]], "type": "comparison",
             "steps": steps, "decoys": [b["name"] if first is a else a["name"]]}
 
 
@@ -150,7 +150,7 @@ def make_world(seed: int, n_people: int = 60, n_cities: int = 30, n_companies: i
     people, cities, companies, works = _entities(rng, word or _namer(rng), n_people, n_cities, n_companies, n_works)
     by_name = {e["name"]: e for e in people + companies}
     names = {"city": [c["name"] for c in cities], "person": [p["name"] for p in people]}
-    questions = [{"question": q, "answer": answer, "type": "bridge", "steps": [hop1, hop2],
+    questions = [{"question": q, "answers": [answer], "type": "bridge", "steps": [hop1, hop2],
                   "decoys": rng.sample([n for n in names[kind] if n != answer], min(4, len(names[kind]) - 1))}
                  for q, hop1, hop2, answer, kind in _bridges(companies, works, by_name)]
     n_pairs = len(questions) // 8  # of each kind, so that comparisons are a fifth of the questions
@@ -169,99 +169,3 @@ def make_worlds(seed: int, n: int, **sizes) -> list[World]:
     """n worlds drawn from one source of names, so no two share a name word: one to train on, one held out, ..."""
     word = _namer(random.Random(seed))
     return [make_world(seed + i, word=word, **sizes) for i in range(n)]
-
-
-def study_texts(world: World) -> list[str]:
-    """Each passage followed by the facts it states, in the words of the traces' findings ("Ruzu was founded by Tove
-    Nuka."): reading them, a model learns to copy a name from a passage into its own sentence."""
-    facts = {}
-    for q in world.questions:
-        for step in q["steps"]:
-            facts.setdefault(step["query"].rsplit(" ", 1)[0], set()).add(step["finding"].split(" So ")[0])
-    return [f" {passage_text(p)}" + "".join(f" {f}" for f in sorted(facts.get(p["title"], ()))) + "\n"
-            for p in world.passages]
-
-
-def _made_up_name(rng: random.Random) -> str:
-    def word() -> str:
-        return "".join(rng.choices(SYLLABLES, k=2)).capitalize()
-    return word() + (f" {word()}" if rng.random() < 0.4 else "")  # a person's name too
-
-
-def copy_exercise(rng: random.Random) -> str:
-    """A few made-up names, then the same names again: from the second "." on, every name can be copied from before.
-    A model trained from random weights needs text like this to learn, within minutes, to copy what it has just read
-    (an "induction head"); from passages alone it does not. A pretrained LLM learned it long ago."""
-    names = [_made_up_name(rng) for _ in range(rng.randint(3, 6))]
-    return f" {', '.join(names)}. {', '.join(names)}.\n"
-
-
-def compare_exercise(rng: random.Random) -> str:
-    """Two made-up years and which came first, in the words of a comparison's finding: "Brupa was founded in 1931.
-    Sodi was founded in 1917. So Sodi was founded first." Another skill a pretrained LLM brings and a random model
-    does not. Read in the cold start, they raised the held-out Cover-EM of a shortened demo from 0.52 to 0.58."""
-    verb, years = rng.choice([("born", (1880, 1960)), ("founded", (1905, 2010))])
-    a, b = _made_up_name(rng), _made_up_name(rng)
-    year_a, year_b = rng.sample(range(*years), 2)
-    first = a if year_a < year_b else b
-    return f" {a} was {verb} in {year_a}. {b} was {verb} in {year_b}. So {first} was {verb} first.\n"
-
-
-def write_jsonl(rows: list[dict], path: str) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(row) + "\n" for row in rows)
-
-
-def sft_trace(question: dict, style: str, documents: Callable[[str], str],
-              rng: random.Random) -> list[tuple[str, bool]]:
-    """The response after the prompt's <think>, as (text, written_by_model) segments. "full" searches both hops and
-    answers from the documents; "one" searches the first hop and guesses; "none" guesses at once. A guess is a name
-    of the right kind, right only by luck. `documents(query)` is the block the system injects, with its own
-    surrounding newlines."""
-    hops = question["steps"][:{"full": 2, "one": 1, "none": 0}[style]]
-    answer = question["answer"] if style == "full" else rng.choice([question["answer"], *question["decoys"]])
-    segments, said = [], ""
-    for step in hops:
-        segments += [(f"{said} {step['thought']} {BEGIN_QUERY} {step['query']} {END_QUERY}", True),
-                     (documents(step["query"]), False)]
-        said = " " + step["finding"]  # every name follows a space, so it is the same tokens wherever it stands
-    guess = "" if style == "full" else f" I think the answer is {answer}."
-    return segments + [(f"{said}{guess} {END_THINK}\n\n{ANSWER} {answer} {END_ANSWER}", True)]
-
-
-def world_tokenizer(texts: list[str], vocab_size: int = 600):
-    """A byte-level BPE trained on the world's text. Words are first cut after each vowel that a consonant follows,
-    so every name splits into the syllables it was made of: a held-out world's names are then sequences of tokens
-    the model has copied many times, not pieces it has never seen. The protocol tags are single tokens, and so are
-    the whole instructions: a tiny model only needs to see that they are there, and episodes get 3x shorter."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    from .prompts import BEGIN_DOCS, END_DOCS, INSTRUCTIONS, THINK
-
-    special = ["<|endoftext|>", "<|pad|>", BEGIN_QUERY, END_QUERY, BEGIN_DOCS, END_DOCS, THINK, END_THINK, ANSWER,
-               END_ANSWER, INSTRUCTIONS]
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex("(?<=[aeiou])(?=[b-df-hj-np-tv-z])"), behavior="removed"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False)])
-    bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special,
-                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                                       show_progress=False))
-    return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<|pad|>")
-
-
-def tiny_qwen(tokenizer, hidden: int = 128, layers: int = 4, seed: int = 0):
-    """A randomly initialised Qwen2 of about half a million parameters: small enough to train on a laptop CPU. The
-    MLPs are narrow (copying is attention's work) and the initial weights wider than Qwen's 0.02: with both, copy
-    exercises were learned by step 400 (from 800-1,000 with 3x-wide MLPs and 0.02), and each step is cheaper."""
-    import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    torch.manual_seed(seed)
-    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden,
-                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=2048, tie_word_embeddings=True, initializer_range=0.06,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    return Qwen2ForCausalLM(config)

@@ -10,13 +10,14 @@ from rank_bm25 import BM25Okapi
 from minisearcher.data import load_corpus, load_questions
 from minisearcher.grpo import GRPOConfig, collate, group_advantages, grpo_loss, grpo_update, token_logprobs
 from minisearcher.model import load_policy
-from minisearcher.prompts import (BEGIN_DOCS, BEGIN_QUERY, END_DOCS, END_QUERY, build_prompt, documents_block,
-                                  passage_text)
+from minisearcher.curriculum import memorise
+from minisearcher.data import passage_text
+from minisearcher.prompts import BEGIN_DOCS, BEGIN_QUERY, END_DOCS, END_QUERY, build_prompt, documents_block
 from minisearcher.retriever import BM25, tokenize
 from minisearcher.rewards import cover_em, exact_match, extract_answer, f1_score, format_ok, reward
 from minisearcher.rollout import RolloutConfig, rollout
-from minisearcher.sft import sft_step, trace_episode
-from minisearcher.toyworld import make_world, sft_trace
+from minisearcher.sft import sft_trace, trace_episode
+from minisearcher.toyworld import make_world
 
 from conftest import shared_file
 
@@ -43,11 +44,8 @@ def searcher(tiny_qwen_dir, world, tmp_path_factory):
     segments = sft_trace(question, "full", lambda q: documents_block(retriever.search([q], 1)[0], tokenizer, 16),
                          random.Random(0))
     episode = trace_episode(tokenizer, PROMPT.format(question["question"]), segments)
-    optimizer = torch.optim.AdamW(base.parameters(), lr=1e-2)
     torch.manual_seed(0)
-    for _ in range(150):
-        if sft_step(base, optimizer, [episode], tokenizer.pad_token_id) < 0.02:
-            break
+    memorise(base, tokenizer, [episode], until=0.02)
     folder = str(tmp_path_factory.mktemp("searcher"))
     base.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -109,7 +107,7 @@ def test_rollout_pauses_searches_and_masks_what_the_system_wrote(searcher, world
     injected = [text for text, by_model in episode.segments if not by_model]
     assert injected == [text for text, by_model in segments if not by_model]  # the real retriever's documents
     assert episode.stop == "answer" and format_ok(episode.model_text)
-    assert reward(1, episode.model_text, episode.n_searches, [question["answer"]]) == 1.0
+    assert reward(1, episode.model_text, episode.n_searches, question["answers"]) == 1.0
 
     # token exactness: the mask splits the ids into runs that are exactly the segments; each documents block's ids
     # are the block tokenised on its own
@@ -147,7 +145,7 @@ def test_an_end_of_query_tag_with_no_query_opened_ends_the_episode_without_a_sea
     [episode] = rollout(model, tokenizer, retriever, [PROMPT.format(question["question"]) + opened], GREEDY)
     assert episode.model_text.strip().endswith(END_QUERY) and BEGIN_QUERY not in episode.model_text
     assert episode.stop == "unopened" and episode.n_searches == 0 and episode.queries == []
-    assert reward(1, episode.model_text, episode.n_searches, [question["answer"]]) == 0.0
+    assert reward(1, episode.model_text, episode.n_searches, question["answers"]) == 0.0
 
 
 def test_recomputed_logprobs_equal_the_sampled_ones(searcher, world):

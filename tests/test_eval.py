@@ -1,17 +1,20 @@
-"""eval.py: the paper's metrics by hand, and the three modes on a real (tiny) Qwen2 with the real tokenizer."""
+"""Evaluation: the paper's metrics by hand, and the three modes on a real (tiny) Qwen2 with the real tokenizer;
+eval.py's files and errors."""
 import json
 import random
 
 import pytest
 
-import eval as evaluation
+import eval as eval_cli  # the project's eval.py (the name shadows Python's built-in eval)
+from minisearcher import evaluation
+from minisearcher.data import write_jsonl
 from minisearcher.model import load_policy
 from minisearcher.prompts import ANSWER, END_ANSWER, END_THINK, build_baseline_prompt, build_prompt, documents_block
 from minisearcher.retriever import BM25
 from minisearcher.rewards import cover_em, exact_match, f1_score
 from minisearcher.rollout import RolloutConfig
-from minisearcher.sft import trace_episode
-from minisearcher.toyworld import make_world, sft_trace, write_jsonl
+from minisearcher.sft import sft_trace, trace_episode
+from minisearcher.toyworld import make_world
 
 CONFIG = RolloutConfig(max_searches=4, top_k=2, doc_tokens=40)
 
@@ -59,9 +62,9 @@ def test_evaluate_scores_what_the_model_wrote(tiny, toy, monkeypatch):
     found.queries = [step["query"] for step in question["steps"]]
     guessed = trace_episode(tokenizer, "", [(f" I think it is {question['decoys'][0]}.", True)])
     monkeypatch.setattr(evaluation, "rollout", lambda *args: [found, guessed])
-    row = {"question": question["question"], "answers": [question["answer"]]}
-    metrics, records = evaluation.evaluate(model, tokenizer, retriever, [row, row], "search", CONFIG, chat=True)
-    assert [r["prediction"] for r in records] == [question["answer"], f"I think it is {question['decoys'][0]}."]
+    metrics, records = evaluation.evaluate(model, tokenizer, retriever, [question, question], "search", CONFIG,
+                                           chat=True)
+    assert [r["prediction"] for r in records] == [question["answers"][0], f"I think it is {question['decoys'][0]}."]
     assert records[0]["tokens"] == sum(found.loss_mask) < len(found.ids)  # the documents are not counted
     assert metrics == {"n": 2, "em": 0.5, "f1": 0.5, "cover_em": 0.5, "answered": 0.5, "format_ok": 0.5,
                        "searches_mean": 1.0, "tokens_mean": (sum(found.loss_mask) + len(guessed.ids)) / 2}
@@ -70,7 +73,7 @@ def test_evaluate_scores_what_the_model_wrote(tiny, toy, monkeypatch):
 def run(tiny, toy, mode, monkeypatch):
     """evaluate() with the tiny Qwen on two toy questions, one per batch, recording each rollout's config."""
     (model, tokenizer), (world, retriever) = tiny, toy
-    rows = [{"question": q["question"], "answers": [q["answer"]]} for q in world.questions[:2]]
+    rows = world.questions[:2]
     calls, real = [], evaluation.rollout
     monkeypatch.setattr(evaluation, "rollout", lambda *args: calls.append(args[-1]) or real(*args))
     cfg = RolloutConfig(max_searches=4, top_k=2, doc_tokens=40, max_turn_tokens=8, max_episode_tokens=200)
@@ -107,19 +110,19 @@ def test_rag_prompt_holds_the_retrieved_passages(tiny, toy, monkeypatch):
 def files(tmp_path):
     world = make_world(0, n_people=12, n_cities=6, n_companies=6, n_works=6)
     write_jsonl(world.passages, tmp_path / "corpus.jsonl")
-    write_jsonl([{"question": q["question"], "answer": [q["answer"], "x"]} for q in world.questions[:3]],
+    write_jsonl([{"question": q["question"], "answer": [*q["answers"], "x"]} for q in world.questions[:3]],
                 tmp_path / "toy.jsonl")
     return tmp_path
 
 
 def test_cli_writes_metrics_and_predictions(tiny_qwen_dir, files):
     out = files / "out" / "search.json"
-    evaluation.main(["--model", tiny_qwen_dir, "--data", str(files / "toy.jsonl"), "--mode", "search",
+    eval_cli.main(["--model", tiny_qwen_dir, "--data", str(files / "toy.jsonl"), "--mode", "search",
                      "--corpus", str(files / "corpus.jsonl"), "--limit", "2", "--batch-size", "2",
                      "--max-episode-tokens", "12", "--dtype", "float32", "--json", str(out)])
     metrics = json.loads(out.read_text())
     assert list(metrics) == ["toy"] and metrics["toy"]["n"] == 2
-    assert set(evaluation.COLUMNS) < set(metrics["toy"])
+    assert set(eval_cli.COLUMNS) < set(metrics["toy"])
     records = [json.loads(line) for line in (files / "out" / "search.toy.jsonl").read_text().splitlines()]
     assert len(records) == 2 and records[0]["golds"][1] == "x"
     assert {"question", "golds", "prediction", "em", "f1", "cover_em", "queries", "segments"} <= set(records[0])
@@ -134,18 +137,18 @@ def test_cli_writes_metrics_and_predictions(tiny_qwen_dir, files):
 def test_bad_input_is_named_before_the_model_loads(files, fix, message):
     fix(files)  # the model does not exist either: the data are checked first
     with pytest.raises(SystemExit, match=message):
-        evaluation.main(["--model", str(files / "no-model"), "--data", str(files / "toy.jsonl"),
+        eval_cli.main(["--model", str(files / "no-model"), "--data", str(files / "toy.jsonl"),
                          "--corpus", str(files / "corpus.jsonl"), "--mode", "naive"])
 
 
 def test_missing_model_says_how_to_pass_a_local_one(files):
     with pytest.raises(SystemExit, match="local folder"):
-        evaluation.main(["--model", str(files / "no-model"), "--data", str(files / "toy.jsonl"),
+        eval_cli.main(["--model", str(files / "no-model"), "--data", str(files / "toy.jsonl"),
                          "--corpus", str(files / "corpus.jsonl"), "--mode", "naive"])
 
 
 @pytest.mark.parametrize("option", [["--limit", "0"], ["--batch-size", "0"], ["--max-searches", "-1"]])
 def test_bad_option_is_refused(option, capsys):
     with pytest.raises(SystemExit):
-        evaluation.parse_args(["--data", "q.jsonl", "--corpus", "c.jsonl", "--mode", "rag", *option])
+        eval_cli.parse_args(["--data", "q.jsonl", "--corpus", "c.jsonl", "--mode", "rag", *option])
     assert "must be" in capsys.readouterr().err

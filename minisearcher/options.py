@@ -1,0 +1,49 @@
+"""The command-line options that train.py and eval.py share, and recipe files (--config) that hold options."""
+import argparse
+
+from .rollout import RolloutConfig
+
+
+def positive(kind):
+    def parse(text):
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+    return parse
+
+
+def at_least_0(kind):
+    def parse(text):
+        value = kind(text)
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+        return value
+    return parse
+
+
+def add_model_options(p: argparse.ArgumentParser):
+    p.add_argument("--model", default="Qwen/Qwen2.5-0.5B-Instruct", help="hub id, local folder or .gguf file")
+    p.add_argument("--adapter", help="a peft adapter folder written by train.py (e.g. OUT/stage1)")
+    p.add_argument("--prompt", choices=["auto", "base", "chat"], default="auto",
+                   help="prompt template; auto: chat if the tokenizer has a chat template")
+    p.add_argument("--corpus", help="JSON lines of passages: id, title, text (or contents)")
+    p.add_argument("--dtype", choices=["auto", "bfloat16", "float16", "float32"], default="auto")
+
+
+def add_rollout_options(p: argparse.ArgumentParser, defaults: RolloutConfig):
+    p.add_argument("--top-k", type=positive(int), default=defaults.top_k, help="passages per search")
+    p.add_argument("--max-searches", type=at_least_0(int), default=defaults.max_searches,
+                   help="searches per episode; then the system tells the model to answer")
+    p.add_argument("--doc-tokens", type=positive(int), default=defaults.doc_tokens,
+                   help="each passage is cut to this many tokens")
+    p.add_argument("--max-turn-tokens", type=positive(int), default=defaults.max_turn_tokens,
+                   help="sampled tokens between two searches")
+    p.add_argument("--max-episode-tokens", type=positive(int), default=defaults.max_episode_tokens,
+                   help="response tokens, sampled and injected")
+
+
+def rollout_config(args, temperature: float) -> RolloutConfig:
+    return RolloutConfig(max_searches=args.max_searches, top_k=args.top_k, doc_tokens=args.doc_tokens,
+                         max_turn_tokens=args.max_turn_tokens, max_episode_tokens=args.max_episode_tokens,
+                         temperature=temperature)
