@@ -49,9 +49,16 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     log, model_dir = os.path.join(args.out, "cold_start.jsonl"), os.path.join(args.out, "sft-model")
-    if os.path.exists(log) and not args.resume:
+    saved, options = os.path.join(args.out, "demo.json"), {k: v for k, v in vars(args).items() if k != "resume"}
+    if os.path.exists(saved) and not args.resume:
         sys.exit(f"error: --out {args.out} already holds a run; pass --resume to continue it or choose another --out")
+    if args.resume and os.path.exists(saved):
+        with open(saved) as f:
+            if json.load(f) != options:
+                sys.exit(f"error: --resume: the demo in {args.out} ran with other options ({saved})")
     os.makedirs(args.out, exist_ok=True)
+    with open(saved, "w") as f:
+        json.dump(options, f)
     world, held_out = toyworld.make_worlds(args.seed, 2, **WORLD)
     questions, corpus = os.path.join(args.out, "questions.jsonl"), os.path.join(args.out, "corpus.jsonl")
     write_jsonl(world.questions, questions)
@@ -65,10 +72,10 @@ def main(argv=None):
     flags = {**RL, "model": model_dir, "train_data": questions, "corpus": corpus, "out": args.out,
              "stage1_steps": args.stage1_steps, "steps": args.steps, "seed": args.seed}
     argv = [token for key, value in flags.items() for token in (f"--{key.replace('_', '-')}", str(value))]
-    if args.resume and os.path.isdir(os.path.join(args.out, "checkpoint")):
-        argv.append("--resume")
-    print("python train.py " + " ".join(argv))
-    train.main(argv)
+    if not os.path.isdir(os.path.join(args.out, "stage2")):  # the RL stages have not finished
+        resume = ["--resume"] if os.path.exists(os.path.join(args.out, "config.json")) else []
+        print("python train.py " + " ".join(argv + resume))
+        train.main(argv + resume)
 
     config = rollout_config(train.parse_args(argv), temperature=0)
     test = BM25(held_out.passages)

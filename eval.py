@@ -35,6 +35,9 @@ def parse_args(argv=None):
     p.add_argument("--limit", type=positive(int), help="the first N questions of each set")
     add_rollout_options(p, RolloutConfig(top_k=5, max_searches=8, max_turn_tokens=512, max_episode_tokens=4096))
     p.add_argument("--batch-size", type=positive(int), default=16)
+    p.add_argument("--normalize", choices=["paper", "squad"], default="paper",
+                   help="answer normalisation: paper (R1-Searcher's scorer: punctuation becomes a space) or squad "
+                        "(punctuation deleted)")
     p.add_argument("--json", help="write the metrics here, and the predictions beside it")
     args = p.parse_args(argv)
     if not args.corpus:
@@ -66,7 +69,8 @@ def main(argv=None):
     results = {}
     for name, questions in sets.items():
         start = time.time()
-        metrics, records = evaluate(model, tokenizer, retriever, questions, args.mode, cfg, chat, args.batch_size)
+        metrics, records = evaluate(model, tokenizer, retriever, questions, args.mode, cfg, chat, args.batch_size,
+                                    args.normalize)
         results[name] = {**metrics, "seconds": round(time.time() - start, 1)}
         if args.json:  # written after every set, so that a long run keeps what it has done
             with open(f"{os.path.splitext(args.json)[0]}.{name}.jsonl", "w", encoding="utf-8") as f:

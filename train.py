@@ -8,6 +8,7 @@ Each GRPO step (minisearcher.grpo.grpo_step): questions -> rollout (G episodes e
 """
 import argparse
 import json
+import math
 import os
 import random
 import shutil
@@ -16,6 +17,7 @@ import time
 
 import torch
 from tqdm import tqdm
+from transformers import set_seed
 
 from minisearcher.data import load_corpus, load_questions
 from minisearcher.grpo import GRPOConfig, grpo_step
@@ -43,6 +45,8 @@ def parse_args(argv=None):
     p.add_argument("--clip-eps", type=positive(float), default=0.2)
     p.add_argument("--temperature", type=positive(float), default=1.0, help="sampling temperature of the rollouts")
     p.add_argument("--dr-grpo", action="store_true", help="centre the advantages without dividing by the std")
+    p.add_argument("--stage2-reference", choices=["base", "stage1"], default="base",
+                   help="pi_ref of stage 2's KL: the base model (adapter off), or the model stage 2 starts from")
     p.add_argument("--updates", type=positive(int), default=1, help="optimizer steps per rollout batch")
     p.add_argument("--micro-batch", type=positive(int), default=4)
     add_rollout_options(p, RolloutConfig())
@@ -71,14 +75,34 @@ def grpo_config(args) -> GRPOConfig:
 
 # ---- the run folder: refuse to mix runs, save atomically, resume -------------------------------------------------
 
-def check_out_dir(args):
-    """Refuse to mix two runs in one folder, and refuse to resume what is not there, before any work is done."""
-    checkpoint = os.path.join(args.out, "checkpoint")
-    if args.resume and not os.path.isdir(checkpoint):
-        raise ValueError(f"--resume: {checkpoint} does not exist; start without --resume")
-    if not args.resume and os.path.exists(os.path.join(args.out, "metrics.jsonl")):
-        raise ValueError(f"--out {args.out} already holds a run; pass --resume to continue it or choose another --out")
-    os.makedirs(args.out, exist_ok=True)
+PHASES = ["sft", "1", "2"]
+ADAPTERS = {"sft": "sft", "1": "stage1", "2": "stage2"}  # the folder each phase's adapter is saved in
+HARMLESS = {"resume", "save_every"}  # options that may change on --resume: they do not change what is trained
+
+
+def check_out_dir(args, phases: list[str]):
+    """Before any work: a new run needs a folder without a run; --resume needs an unfinished run there whose options
+    (OUT/config.json) are this command's, but for HARMLESS ones."""
+    saved_path = os.path.join(args.out, "config.json")
+    options = {key: value for key, value in vars(args).items() if key not in HARMLESS}
+    if not args.resume:
+        if os.path.exists(saved_path) or os.path.exists(os.path.join(args.out, "metrics.jsonl")):
+            raise ValueError(f"--out {args.out} already holds a run; pass --resume to continue it or choose another "
+                             "--out")
+        os.makedirs(args.out, exist_ok=True)
+        with open(saved_path, "w") as f:
+            json.dump(options, f, indent=2)
+        return
+    if not os.path.exists(saved_path):
+        raise ValueError(f"--resume: {saved_path} does not exist, so {args.out} holds no run; start without --resume")
+    with open(saved_path) as f:
+        saved = json.load(f)
+    for key, value in options.items():
+        if saved.get(key) != value:
+            raise ValueError(f"--resume: --{key.replace('_', '-')} was {saved.get(key)!r} in {saved_path}, now "
+                             f"{value!r}; resuming with it would mix two runs (start a new --out to change it)")
+    if os.path.isdir(os.path.join(args.out, ADAPTERS[phases[-1]])):
+        raise ValueError(f"--resume: the run in {args.out} has finished ({ADAPTERS[phases[-1]]}/ is saved)")
 
 
 def save_atomically(write, folder: str):
@@ -93,29 +117,33 @@ def save_atomically(write, folder: str):
 
 
 def save_checkpoint(args, model, optimizer, phase: str, step: int):
+    """The adapter, and the optimizer's state inside a phase: a phase starts with a fresh optimizer, resumed or not."""
     def write(tmp):
         model.save_pretrained(tmp)
-        torch.save(optimizer.state_dict(), os.path.join(tmp, "optimizer.pt"))
+        if step > 0:
+            torch.save(optimizer.state_dict(), os.path.join(tmp, "optimizer.pt"))
         with open(os.path.join(tmp, "state.json"), "w") as f:
             json.dump({"phase": phase, "step": step}, f)
     save_atomically(write, os.path.join(args.out, "checkpoint"))
 
 
-def load_checkpoint(args, model) -> tuple[str, int, dict]:
+def load_adapter_weights(model, folder: str):
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
-    folder = os.path.join(args.out, "checkpoint")
     set_peft_model_state_dict(model, load_file(os.path.join(folder, "adapter_model.safetensors")))
+
+
+def load_checkpoint(args, model) -> tuple[str, int, dict | None]:
+    folder = os.path.join(args.out, "checkpoint")
+    load_adapter_weights(model, folder)
     with open(os.path.join(folder, "state.json")) as f:
         state = json.load(f)
-    return state["phase"], state["step"], torch.load(os.path.join(folder, "optimizer.pt"))
-
-
-PHASES = ["copy", "read", "sft", "1", "2"]
+    optimizer = os.path.join(folder, "optimizer.pt")
+    return state["phase"], state["step"], torch.load(optimizer) if os.path.exists(optimizer) else None
 
 
 def keep_metrics_before(path: str, phase: str, step: int):
-    """On resume, drop the lines of steps after the checkpoint: they are run again."""
+    """On resume, drop the lines of steps from the checkpoint's on: they are run again."""
     if not os.path.exists(path):
         return
     with open(path) as f:
@@ -126,6 +154,22 @@ def keep_metrics_before(path: str, phase: str, step: int):
                 f.write(json.dumps(row) + "\n")
 
 
+def trainable_weights(model) -> dict:
+    return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def adapter_weights(model, folder: str) -> dict:
+    """The trainable weights of the adapter saved in `folder`, read through the model, which is left as it was."""
+    now = trainable_weights(model)
+    load_adapter_weights(model, folder)
+    saved = trainable_weights(model)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name in now:
+                p.copy_(now[name])
+    return saved
+
+
 # ---- the phases --------------------------------------------------------------------------------------------------
 
 def sft_phase_step(args, model, tokenizer, traces, optimizer, step: int, chat: bool) -> dict:
@@ -134,28 +178,37 @@ def sft_phase_step(args, model, tokenizer, traces, optimizer, step: int, chat: b
     episodes = [trace_episode(tokenizer, build_prompt(tokenizer, t["question"], chat), t["segments"]) for t in batch]
     model.train()
     loss = sft_step(model, optimizer, episodes, tokenizer.pad_token_id, args.micro_batch)
-    return {"loss": loss, "tokens": sum(len(e.ids) for e in episodes), "seconds": time.time() - start}
+    return {"loss": loss, "skipped": int(math.isnan(loss)), "tokens": sum(len(e.ids) for e in episodes),
+            "seconds": time.time() - start}
 
 
 def train(args, model, tokenizer, retriever, questions, traces):
-    """Run the phases in order, from a checkpoint if resuming; save each stage's adapter when it ends."""
+    """Run the phases in order, from the checkpoint if resuming; save each phase's adapter when it ends."""
     chat = use_chat(tokenizer, args.prompt)
     rollout_cfg, cfg = rollout_config(args, args.temperature), grpo_config(args)
-    phases = (["sft"] if traces else []) + (["1", "2"] if args.stage == "both" else [args.stage])
-    metrics_path = os.path.join(args.out, "metrics.jsonl")
+    phases = run_phases(args)
+    metrics_path, checkpoint = os.path.join(args.out, "metrics.jsonl"), os.path.join(args.out, "checkpoint")
     start_phase, start_step, optimizer_state = phases[0], 0, None
-    if args.resume:
+    if args.resume and os.path.isdir(checkpoint):  # else it was interrupted before its first checkpoint
         start_phase, start_step, optimizer_state = load_checkpoint(args, model)
+    if args.resume:
         keep_metrics_before(metrics_path, start_phase, start_step)
+    # pi_ref: the adapter disabled (None), or with --stage2-reference stage1 in stage 2 the weights it started from
+    reference = None
+    stage1 = os.path.join(args.out, "stage1") if "1" in phases else args.adapter  # None: a zero adapter, the base
+    if args.stage2_reference == "stage1" and start_phase == "2" and start_step > 0 and stage1:
+        reference = adapter_weights(model, stage1)
     for phase in phases[phases.index(start_phase):]:
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr)
-        first = 0
-        if phase == start_phase and optimizer_state is not None:
+        first = start_step if phase == start_phase else 0
+        if first and optimizer_state is not None:
             optimizer.load_state_dict(optimizer_state)
-            first = start_step
+        if phase == "2" and args.stage2_reference == "stage1" and reference is None:
+            reference = trainable_weights(model)
         n_steps = {"sft": args.sft_steps, "1": args.stage1_steps or args.steps}.get(phase, args.steps)
         bar = tqdm(range(first, n_steps), desc="cold-start SFT" if phase == "sft" else f"stage {phase}",
                    initial=first, total=n_steps)
+        failed = 0  # steps in a row skipped for a non-finite loss or gradient
         for step in bar:
             torch.manual_seed(args.seed * 1_000_003 + PHASES.index(phase) * 100_003 + step)  # resumable
             if phase == "sft":
@@ -164,18 +217,27 @@ def train(args, model, tokenizer, retriever, questions, traces):
             else:
                 batch = random.Random(f"{args.seed}-{phase}-{step}").sample(
                     questions, min(args.questions_per_step, len(questions)))
-                row = grpo_step(model, tokenizer, retriever, batch, optimizer, int(phase), rollout_cfg, cfg, chat)
+                row = grpo_step(model, tokenizer, retriever, batch, optimizer, int(phase), rollout_cfg, cfg, chat,
+                                reference if phase == "2" else None)
                 bar.set_postfix(reward=f"{row['reward_mean']:.2f}", searches=f"{row['searches_mean']:.2f}")
             with open(metrics_path, "a") as f:
                 f.write(json.dumps({"stage": phase if phase == "sft" else int(phase), "step": step, **row}) + "\n")
+            failed = failed + 1 if row["skipped"] else 0
+            if failed == 3:
+                kept = f"the last good checkpoint is {checkpoint}" if os.path.isdir(checkpoint) else "no checkpoint"
+                raise RuntimeError(f"{bar.desc} steps {step - 2}-{step}: the loss or the gradient was not finite 3 "
+                                   f"steps in a row (each update was skipped); {kept}")
             if (step + 1) % args.save_every == 0 and step + 1 < n_steps:
                 save_checkpoint(args, model, optimizer, phase, step + 1)
-        name = "sft" if phase == "sft" else f"stage{phase}"
-        save_atomically(model.save_pretrained, os.path.join(args.out, name))
+        save_atomically(model.save_pretrained, os.path.join(args.out, ADAPTERS[phase]))
         following = phases[phases.index(phase) + 1:]
         if following:
             save_checkpoint(args, model, optimizer, following[0], 0)
-    shutil.rmtree(os.path.join(args.out, "checkpoint"), ignore_errors=True)
+    shutil.rmtree(checkpoint, ignore_errors=True)
+
+
+def run_phases(args) -> list[str]:
+    return (["sft"] if args.sft_steps else []) + (["1", "2"] if args.stage == "both" else [args.stage])
 
 
 def main(argv=None):
@@ -184,7 +246,8 @@ def main(argv=None):
         questions = load_questions(args.train_data)
         traces = load_traces(args.sft_data) if args.sft_data else []
         retriever = BM25(load_corpus(args.corpus))
-        check_out_dir(args)
+        check_out_dir(args, run_phases(args))
+        set_seed(args.seed)  # LoRA's initial weights are drawn from it
         model, tokenizer = load_policy(args.model, load_in_4bit=args.load_in_4bit, dtype=args.dtype,
                                        lora_r=args.lora_r, adapter=args.adapter)
     except (ValueError, FileNotFoundError) as e:

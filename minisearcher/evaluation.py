@@ -39,19 +39,20 @@ def predict(model_text: str) -> str:
     return extract_answer(model_text) or (lines[-1] if lines else "")
 
 
-def record(question: dict, prompt: str, episode) -> dict:
+def record(question: dict, prompt: str, episode, style: str = "paper") -> dict:
     text, golds = episode.model_text, question["answers"]
     prediction = predict(text)
     return {"question": question["question"], "golds": golds, "prediction": prediction,
-            "em": exact_match(prediction, golds), "f1": f1_score(prediction, golds),
-            "cover_em": cover_em(prediction, golds), "answered": bool(extract_answer(text)),
+            "em": exact_match(prediction, golds, style), "f1": f1_score(prediction, golds, style),
+            "cover_em": cover_em(prediction, golds, style), "answered": bool(extract_answer(text)),
             "format_ok": format_ok(text), "searches": episode.n_searches, "tokens": sum(episode.loss_mask),
             "stop": episode.stop, "queries": episode.queries, "prompt": prompt, "segments": episode.segments}
 
 
 def evaluate(model, tokenizer, retriever, questions: list[dict], mode: str, cfg: RolloutConfig, chat: bool,
-             batch_size: int = 16) -> tuple[dict, list[dict]]:
-    """Greedy episodes for every question -> (mean metrics, one record per question).
+             batch_size: int = 16, style: str = "paper") -> tuple[dict, list[dict]]:
+    """Greedy episodes for every question -> (mean metrics, one record per question). `style`: the answers'
+    normalisation (rewards.normalize_answer), the paper's by default.
 
     searches_mean counts the model's own searches (rag's one search with the question is not one of them);
     tokens_mean counts the tokens the model generated, not the documents injected."""
@@ -62,7 +63,7 @@ def evaluate(model, tokenizer, retriever, questions: list[dict], mode: str, cfg:
         batch = questions[start:start + batch_size]
         prompts = make_prompts(tokenizer, retriever, [q["question"] for q in batch], mode, cfg, chat)
         episodes = rollout(model, tokenizer, retriever, prompts, cfg)
-        records += [record(q, p, e) for q, p, e in zip(batch, prompts, episodes)]
+        records += [record(q, p, e, style) for q, p, e in zip(batch, prompts, episodes)]
 
     def mean(key):
         return sum(r[key] for r in records) / len(records)

@@ -1,10 +1,13 @@
 """GRPO: group-normalised advantages and the clipped, masked policy loss with a KL penalty.
 
-The reference policy is the model with its LoRA adapter disabled, so its log-probs cost a forward pass and no memory.
+The reference policy is the model with its LoRA adapter disabled, so its log-probs cost a forward pass and no memory
+(or, optionally, a frozen copy of the adapter's own weights: the stage-1 model, a few MB).
 The "old" policy is the one that sampled: its log-probs were recorded token by token during the rollout.
 One step, as `grpo_step` runs it: questions -> rollout -> rewards -> group advantages -> clipped masked loss -> update.
 """
+import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -53,14 +56,49 @@ def collate(episodes: list[Episode], pad_id: int, device) -> dict:
     return batch
 
 
-def token_logprobs(model, ids: torch.Tensor, attention: torch.Tensor, K: int) -> torch.Tensor:
-    """(N, K) log pi(token | prefix) of the last K tokens of each row. Positions count real tokens only, as in the
-    rollout, so the same ids give the same log-probs (DESIGN invariant 1)."""
+def token_logprobs(model, ids: torch.Tensor, attention: torch.Tensor, K: int, temperature: float = 1.0) -> torch.Tensor:
+    """(N, K) log pi_T(token | prefix) of the last K tokens of each row, pi_T = softmax(logits / T), the policy the
+    rollout sampled from. Positions count real tokens only, as in the rollout, so the same ids give the same
+    log-probs (token exactness)."""
     positions = (attention.cumsum(1) - 1).clamp(min=0)
     logits = model(input_ids=ids, attention_mask=attention, position_ids=positions, logits_to_keep=K + 1).logits
     logits = logits[:, :-1].float()  # (N, K, V): the logits at t predict the token at t + 1
+    if temperature not in (0, 1):
+        logits = logits / temperature
     targets = ids[:, -K:]  # (N, K)
     return logits.gather(-1, targets[..., None]).squeeze(-1) - logits.logsumexp(-1)
+
+
+@contextmanager
+def reference_policy(model, weights: dict | None):
+    """pi_ref for the KL term: the model with its LoRA adapter disabled (the base model), or, given `weights`, with
+    the adapter's weights swapped for those frozen ones (e.g. the stage-1 model's) during the pass."""
+    if weights is None:
+        with model.disable_adapter():
+            yield
+        return
+    params = dict(model.named_parameters())
+    current = {name: params[name].detach().clone() for name in weights}
+    with torch.no_grad():
+        for name, w in weights.items():
+            params[name].copy_(w)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for name, w in current.items():
+                params[name].copy_(w)
+
+
+def optimizer_step(model, optimizer, max_grad_norm: float, loss: float) -> bool:
+    """Clip the gradient and step, unless the loss or the gradient norm is not finite (nan or inf): then the
+    gradient is dropped and the weights stay as they are. Returns whether the step was taken."""
+    norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], max_grad_norm)
+    finite = math.isfinite(loss) and bool(torch.isfinite(norm))
+    if finite:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return finite
 
 
 def grpo_loss(logp, old_logp, ref_logp, advantages, mask, cfg: GRPOConfig, n_tokens: int):
@@ -82,39 +120,41 @@ def grpo_loss(logp, old_logp, ref_logp, advantages, mask, cfg: GRPOConfig, n_tok
     return loss, {"kl": (kl * mask).sum().item(), "clipped": (clipped * mask).sum().item()}
 
 
-def grpo_update(model, optimizer, episodes: list[Episode], advantages: torch.Tensor, pad_id: int,
-                cfg: GRPOConfig) -> dict:
-    """cfg.updates optimizer steps over the episodes, each on one shuffled mini-batch. Returns token-mean stats."""
+def grpo_update(model, optimizer, episodes: list[Episode], advantages: torch.Tensor, pad_id: int, cfg: GRPOConfig,
+                temperature: float = 1.0, reference: dict | None = None) -> dict:
+    """cfg.updates optimizer steps over the episodes, each on one shuffled mini-batch, with log-probs at the
+    rollout's temperature. `reference`: frozen adapter weights for pi_ref (None: the adapter disabled). Returns
+    token-mean stats, and how many steps were skipped for a non-finite loss or gradient."""
     device = next(model.parameters()).device
     order = torch.randperm(len(episodes)).tolist()
     mini_batches = [order[i::cfg.updates] for i in range(cfg.updates)]
-    totals = {"loss": 0.0, "kl": 0.0, "clipped": 0.0}
+    totals = {"loss": 0.0, "kl": 0.0, "clipped": 0.0, "skipped": 0}
     all_tokens = sum(sum(e.loss_mask) for e in episodes)
     for mini in mini_batches:
         n_tokens = max(1, sum(sum(episodes[i].loss_mask) for i in mini))
+        mini_loss = 0.0
         for start in range(0, len(mini), cfg.micro_batch):
             micro = mini[start:start + cfg.micro_batch]
             batch = collate([episodes[i] for i in micro], pad_id, device)
             K = batch["K"]
-            logp = token_logprobs(model, batch["ids"], batch["attention"], K)
             ref_logp = None
-            if cfg.beta:
-                with torch.no_grad(), model.disable_adapter():  # pi_ref
-                    ref_logp = token_logprobs(model, batch["ids"], batch["attention"], K)
+            if cfg.beta:  # first, so that its temporaries are freed before the policy pass keeps its activations
+                with torch.no_grad(), reference_policy(model, reference):  # pi_ref
+                    ref_logp = token_logprobs(model, batch["ids"], batch["attention"], K, temperature)
+            logp = token_logprobs(model, batch["ids"], batch["attention"], K, temperature)
             loss, stats = grpo_loss(logp, batch["old_logp"][:, -K:], ref_logp, advantages[micro].to(device),
                                     batch["loss_mask"][:, -K:], cfg, n_tokens)
             loss.backward()
-            totals["loss"] += loss.item() * n_tokens / max(1, all_tokens)
+            mini_loss += loss.item()
             totals["kl"] += stats["kl"] / max(1, all_tokens)
             totals["clipped"] += stats["clipped"] / max(1, all_tokens)
-        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.max_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        totals["loss"] += mini_loss * n_tokens / max(1, all_tokens)
+        totals["skipped"] += not optimizer_step(model, optimizer, cfg.max_grad_norm, mini_loss)
     return totals
 
 
 def grpo_step(model, tokenizer, retriever, questions: list[dict], optimizer, stage: int, rollout_cfg: RolloutConfig,
-              cfg: GRPOConfig, chat: bool) -> dict:
+              cfg: GRPOConfig, chat: bool, reference: dict | None = None) -> dict:
     """One GRPO step on a batch of B questions: G episodes each, their rewards, advantages, one update. Returns the
     step's metrics."""
     start = time.time()
@@ -126,7 +166,8 @@ def grpo_step(model, tokenizer, retriever, questions: list[dict], optimizer, sta
     rewards = torch.tensor([reward(stage, e.model_text, e.n_searches, g) for e, g in zip(episodes, golds)])
     advantages = group_advantages(rewards.view(-1, G), scale_by_std=cfg.scale_by_std).flatten()  # (B * G,)
     model.train()
-    stats = grpo_update(model, optimizer, episodes, advantages, tokenizer.pad_token_id, cfg)
+    stats = grpo_update(model, optimizer, episodes, advantages, tokenizer.pad_token_id, cfg, rollout_cfg.temperature,
+                        reference)
     return {"reward_mean": rewards.mean().item(), "reward_std": rewards.std().item(),
             "searches_mean": sum(e.n_searches for e in episodes) / len(episodes),
             "format_ok": sum(format_ok(e.model_text) for e in episodes) / len(episodes),

@@ -17,6 +17,7 @@ INSTRUCTIONS = (
 )
 
 LIMIT_REACHED = "The search limit has been reached. Answer with what you know now."
+EMPTY_QUERY = "The query is empty: write keywords between the query tags."
 
 
 def use_chat(tokenizer, prompt: str = "auto") -> bool:
@@ -38,12 +39,22 @@ def documents_block(passages: list[dict], tokenizer=None, max_tokens: int | None
     lines = []
     for i, p in enumerate(passages, 1):
         text = passage_text(p)
-        if tokenizer is not None and max_tokens is not None:
+        if tokenizer is not None:
+            text = without_added_tokens(tokenizer, text)
             ids = tokenizer(text, add_special_tokens=False).input_ids
-            if len(ids) > max_tokens:
+            if max_tokens is not None and len(ids) > max_tokens:
                 text = tokenizer.decode(ids[:max_tokens]) + " ..."
         lines.append(f"({i}) {text}")
     return message_block("\n".join(lines))
+
+
+def without_added_tokens(tokenizer, text: str) -> str:
+    """Text from outside (a passage) with a space for every string that the tokenizer reads as one added token:
+    "<|endoftext|>" or "<|im_end|>" in a passage would otherwise become the control token itself, end the episode
+    or open a fake chat turn."""
+    for token in tokenizer.get_added_vocab():  # control tokens hold no space, so a space makes no new one
+        text = text.replace(token, " ")
+    return text
 
 
 def message_block(body: str) -> str:

@@ -33,6 +33,8 @@ class BM25:
                           dtype=np.int64) for p in passages]
         doc_len = np.array([len(w) for w in words])  # (N,)
         N, V = len(passages), len(self.vocab)
+        if V == 0:
+            raise ValueError("the corpus has no words to index: every passage's title and text are empty")
         word, doc = np.concatenate(words), np.repeat(np.arange(N), doc_len)  # (total words,) each
 
         # one entry per (word, passage) pair, sorted by word: a compressed sparse column matrix (V x N)
@@ -61,12 +63,14 @@ class BM25:
         return scores
 
     def search(self, queries: list[str], k: int) -> list[list[dict]]:
-        """The top-k passages of each query, best first; equal scores keep corpus order."""
-        scores = self.scores(queries)
-        k = min(k, scores.shape[1])
-        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]  # (Q, k) unordered
+        """The top-k passages of each query, best first; equal scores in corpus order, also across the k-th place."""
+        scores = self.scores(queries)  # (Q, N)
+        N = scores.shape[1]
+        k = min(k, N)
         results = []
-        for row, s in zip(top, scores):
-            order = np.lexsort((row, -s[row]))
-            results.append([self.passages[j] for j in row[order]])
+        for s in scores:
+            kth = np.partition(s, N - k)[N - k]  # the k-th best score
+            tied_or_better = np.flatnonzero(s >= kth)  # in corpus order
+            best = tied_or_better[np.argsort(-s[tied_or_better], kind="stable")[:k]]
+            results.append([self.passages[j] for j in best])
         return results

@@ -12,21 +12,30 @@ from .prompts import ANSWER, BEGIN_DOCS, BEGIN_QUERY, END_ANSWER, END_DOCS, END_
 PUNCTUATION = set(string.punctuation)
 
 
-def normalize_answer(s: str) -> str:
-    """SQuAD normalisation: lower-case, drop punctuation and the articles a/an/the, squeeze whitespace."""
-    s = "".join(ch for ch in s.lower() if ch not in PUNCTUATION)
+def normalize_answer(s: str, style: str = "paper") -> str:
+    """Lower-case, punctuation out, the articles a/an/the out, whitespace squeezed.
+
+    style "paper", as R1-Searcher's scorer: every punctuation mark (and ‘ ’ ´ `) becomes a space ("Vex-Cor" ->
+    "vex cor"), so do underscores, and an answer "True" / "False" reads "yes" / "no". style "squad", SQuAD's
+    scorer: punctuation is deleted ("Vex-Cor" -> "vexcor").
+    """
+    if style == "paper":
+        s = {"True": "yes", "False": "no"}.get(s, s)
+        s = "".join(" " if ch in PUNCTUATION or ch in "‘’´`" else ch for ch in s.lower())
+    else:
+        s = "".join(ch for ch in s.lower() if ch not in PUNCTUATION)
     return " ".join(re.sub(r"\b(a|an|the)\b", " ", s).split())
 
 
-def exact_match(prediction: str, golds: list[str]) -> float:
-    return float(any(normalize_answer(prediction) == normalize_answer(g) for g in golds))
+def exact_match(prediction: str, golds: list[str], style: str = "paper") -> float:
+    return float(any(normalize_answer(prediction, style) == normalize_answer(g, style) for g in golds))
 
 
-def f1_score(prediction: str, golds: list[str]) -> float:
+def f1_score(prediction: str, golds: list[str], style: str = "paper") -> float:
     """Token-overlap F1 against the best gold. A yes/no answer is all or nothing, as in HotpotQA's scorer."""
-    pred = normalize_answer(prediction).split()
+    pred = normalize_answer(prediction, style).split()
     best = 0.0
-    for gold in map(normalize_answer, golds):
+    for gold in (normalize_answer(g, style) for g in golds):
         if gold in ("yes", "no") or pred in (["yes"], ["no"]):
             best = max(best, float(pred == gold.split()))
             continue
@@ -37,10 +46,10 @@ def f1_score(prediction: str, golds: list[str]) -> float:
     return best
 
 
-def cover_em(prediction: str, golds: list[str]) -> float:
+def cover_em(prediction: str, golds: list[str], style: str = "paper") -> float:
     """The paper's ACC_R: every normalised token of some gold answer appears in the prediction."""
-    pred = set(normalize_answer(prediction).split())
-    return float(any(gold and set(gold) <= pred for gold in (normalize_answer(g).split() for g in golds)))
+    pred = set(normalize_answer(prediction, style).split())
+    return float(any(gold and set(gold) <= pred for gold in (normalize_answer(g, style).split() for g in golds)))
 
 
 def extract_answer(model_text: str) -> str:

@@ -20,9 +20,11 @@ import torch
 from transformers import DynamicCache
 
 from .episode import Episode
-from .prompts import BEGIN_QUERY, END_ANSWER, END_QUERY, LIMIT_REACHED, documents_block, message_block
+from .prompts import BEGIN_QUERY, EMPTY_QUERY, END_ANSWER, END_QUERY, LIMIT_REACHED, documents_block, message_block
 
-TAIL = 12  # the last tokens decoded after each step to spot a stop string, which may span several tokens
+# After each sampled token the last TAIL tokens of the turn are decoded to spot a stop string, which may span several
+# tokens. Every token holds at least one byte of text, so a stop string of n bytes lies within the last n tokens.
+TAIL = max(len(stop.encode()) for stop in (END_QUERY, END_ANSWER))
 
 
 @dataclass
@@ -55,26 +57,28 @@ def feed(model, tokens: list[list[int]], cache, mask: torch.Tensor, pad_id: int)
             ids[r, L - len(t):], new[r, L - len(t):] = torch.tensor(t), 1
     mask = torch.cat([mask, new.to(mask.device)], dim=1)  # (R, S + L)
     positions = (mask.cumsum(1) - 1).clamp(min=0)[:, -L:]  # (R, L) count of real tokens before each one
-    out = model(input_ids=ids.to(mask.device), attention_mask=mask, position_ids=positions, past_key_values=cache,
+    out = model(input_ids=ids.to(mask.device), attention_mask=mask, position_ids=positions, cache=cache,
                 use_cache=True, logits_to_keep=1)
     return out.logits[:, -1].float(), mask
 
 
 def sample(logits: torch.Tensor, temperature: float) -> tuple[list[int], list[float]]:
-    """One token per row from logits (R, V), with its log-probability under the policy (temperature 1).
+    """One token per row from logits (R, V) at the temperature T, with its log-probability under the policy that
+    was sampled, pi_T = softmax(logits / T): the ratio and the KL of the update use that same pi_T (greedy, T = 0,
+    records log pi_1).
 
     The log-prob must be what grpo.token_logprobs will compute from a fresh forward, gather minus logsumexp, to the
     bit: a float32 sum over 150k entries depends on how it is done (log_softmax drifts from it by up to 1e-3). So we
     take torch.logsumexp's own steps and keep its exponentials, which are also the weights we sample from.
     """
+    if temperature not in (0, 1):
+        logits = logits / temperature  # (R, V), as token_logprobs divides them
     top = logits.amax(-1, keepdim=True)  # (R, 1)
     weights = (logits - top).exp_()  # (R, V) the policy's probabilities, unnormalised
     lse = weights.sum(-1, keepdim=True).log_() + top  # (R, 1) equal to logits.logsumexp(-1, keepdim=True)
     if temperature == 0:
         tokens = logits.argmax(-1)
     else:  # inverse-CDF sampling: one uniform per row; several times faster than torch.multinomial on a CPU
-        if temperature != 1:
-            weights = ((logits - top) / temperature).exp_()
         cdf = weights.cumsum_(-1)  # (R, V)
         u = torch.rand(len(cdf), 1, device=cdf.device) * cdf[:, -1:]
         tokens = torch.searchsorted(cdf, u, right=True).squeeze(1).clamp(max=cdf.shape[1] - 1)
@@ -105,7 +109,7 @@ def rollout(model, tokenizer, retriever, prompts: list[str], cfg: RolloutConfig)
             sampling = [r for r in range(len(live)) if outcome[r] is None]
             # rows that wait cost a forward pass, but no sampling pass (indexing copies the logits: only if some wait)
             tokens, logps = sample(logits[sampling] if len(sampling) < len(live) else logits, cfg.temperature)
-            tails = tokenizer.batch_decode([turn[r][-TAIL:] + [t] for r, t in zip(sampling, tokens)])
+            tails = tokenizer.batch_decode([turn[r][1 - TAIL:] + [t] for r, t in zip(sampling, tokens)])
             for r, token, logp, tail in zip(sampling, tokens, logps, tails):
                 turn[r].append(token)
                 turn_logp[r].append(logp)
@@ -124,24 +128,31 @@ def rollout(model, tokenizer, retriever, prompts: list[str], cfg: RolloutConfig)
                                 mask, tokenizer.pad_token_id)
 
         # close the round: record each row's turn, search for the paused ones in one batch
-        searching = []
+        searching, blocks = [], {}  # (row, query) to search; row -> (query or None, the block it is given)
         for r, e in enumerate(episodes[i] for i in live):
             ids = turn[r][:-1] if outcome[r] == "eos" else turn[r]  # the eos id is trained on, but is not text
             e.extend(turn[r], tokenizer.decode(ids), True, turn_logp[r])
             e.stop = outcome[r]
-            if outcome[r] == "pause" and BEGIN_QUERY not in e.segments[-1][0]:
+            if outcome[r] != "pause":
+                continue
+            if BEGIN_QUERY not in e.segments[-1][0]:
                 e.stop = "unopened"  # nothing to search for: the episode ends, and its format reward says why
-            elif outcome[r] == "pause" and e.n_searches < cfg.max_searches:
-                query = e.segments[-1][0].rsplit(BEGIN_QUERY, 1)[-1].split(END_QUERY)[0].strip()
+                continue
+            query = e.segments[-1][0].rsplit(BEGIN_QUERY, 1)[-1].split(END_QUERY)[0].strip()
+            if not query:  # not a search: no passages, and stage 1 does not pay for it
+                blocks[r] = (None, message_block(EMPTY_QUERY))
+            elif e.n_searches >= cfg.max_searches:
+                blocks[r] = (None, message_block(LIMIT_REACHED))
+            else:
                 searching.append((r, query))
         found = retriever.search([q for _, q in searching], cfg.top_k) if searching else []
-        blocks = {r: (q, documents_block(docs, tokenizer, cfg.doc_tokens)) for (r, q), docs in zip(searching, found)}
+        blocks |= {r: (q, documents_block(docs, tokenizer, cfg.doc_tokens)) for (r, q), docs in zip(searching, found)}
 
         keep, pending = [], []  # the rows that go on, and the ids each of them feeds next
         for r, e in enumerate(episodes[i] for i in live):
             if e.stop != "pause":
                 continue
-            query, block = blocks.get(r, (None, message_block(LIMIT_REACHED)))
+            query, block = blocks[r]
             block_ids = tokenizer(block, add_special_tokens=False).input_ids
             if len(e.ids) + len(block_ids) >= cfg.max_episode_tokens:
                 e.stop = "length"

@@ -3,14 +3,13 @@
 A trace is a list of segments (text, written by the model?). Each segment is tokenised on its own, just as the
 rollout tokenises each documents block on its own, and the documents blocks are masked out of the loss.
 """
+import math
 import random
 from typing import Callable
 
-import torch
-
 from .data import read_jsonl
 from .episode import Episode
-from .grpo import collate, token_logprobs
+from .grpo import collate, optimizer_step, token_logprobs
 from .prompts import ANSWER, BEGIN_QUERY, END_ANSWER, END_QUERY, END_THINK
 
 
@@ -53,7 +52,8 @@ def trace_episode(tokenizer, prompt: str, segments: list[tuple[str, bool]]) -> E
 
 
 def sft_step(model, optimizer, episodes: list[Episode], pad_id: int, micro_batch: int = 8) -> float:
-    """One optimizer step of cross-entropy on the model's own tokens, averaged over those tokens."""
+    """One optimizer step of cross-entropy on the model's own tokens, averaged over those tokens. Returns the loss,
+    or nan when the step was skipped (a non-finite loss or gradient: the weights are left as they were)."""
     device = next(model.parameters()).device
     n_tokens = max(1, sum(sum(e.loss_mask) for e in episodes))
     total = 0.0
@@ -64,7 +64,4 @@ def sft_step(model, optimizer, episodes: list[Episode], pad_id: int, micro_batch
         loss = -(logp * batch["loss_mask"][:, -K:]).sum() / n_tokens
         loss.backward()
         total += loss.item()
-    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return total
+    return total if optimizer_step(model, optimizer, 1.0, total) else math.nan

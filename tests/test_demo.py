@@ -3,6 +3,8 @@ import json
 import random
 import re
 
+import pytest
+
 import demo
 from minisearcher import curriculum
 from minisearcher.curriculum import Phase
@@ -37,7 +39,21 @@ def test_shrunken_demo_learns_to_search(tmp_path, monkeypatch):
                                                    Phase("sft", None, 8, None, 16, 32)])
     monkeypatch.setattr(demo, "EVAL_QUESTIONS", 40)
     # the demo's 8 questions per step: with 4, at the demo's learning rate, the reward's noise hid its rise
-    demo.main(["--out", str(tmp_path), "--sft-steps", "150", "--stage1-steps", "8", "--steps", "2"])
+    args = ["--out", str(tmp_path), "--sft-steps", "150", "--stage1-steps", "8", "--steps", "2"]
+
+    def cut_short(folder, log, *rest):  # the cold start is interrupted after writing a line of its log
+        with open(log, "w") as f:
+            f.write(json.dumps({"phase": "copy", "step": 0, "loss": 6.0}) + "\n")
+        raise KeyboardInterrupt
+    monkeypatch.setattr(demo, "cold_start", cut_short)
+    with pytest.raises(KeyboardInterrupt):
+        demo.main(args)
+    monkeypatch.setattr(demo, "cold_start", curriculum.cold_start)
+    with pytest.raises(SystemExit, match="already holds a run"):
+        demo.main(args)
+    with pytest.raises(SystemExit, match="other options"):
+        demo.main(args[:-1] + ["3", "--resume"])
+    demo.main(args + ["--resume"])  # the cold start runs again from its start, then the rest
     stage1 = [r["reward_mean"] for r in read_metrics(tmp_path / "metrics.jsonl") if r["stage"] == 1]
     assert len(stage1) == 8 and sum(stage1[-3:]) / 3 > sum(stage1[:3]) / 3
     with open(tmp_path / "summary.json") as f:

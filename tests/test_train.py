@@ -1,14 +1,27 @@
 """train.py end to end on a tiny local model: the files it writes, --resume, and the errors for bad input."""
 import json
 import os
+import random
+import subprocess
+import sys
 
 import pytest
+import torch
 from peft import PeftModel
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 import train
+from minisearcher import grpo
+from minisearcher.data import write_jsonl
 from minisearcher.plot import read_metrics
+from minisearcher.prompts import documents_block
+from minisearcher.retriever import BM25
+from minisearcher.sft import sft_trace
+from minisearcher.toyworld import make_world
 from conftest import shared_file
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 FAST = ["--questions-per-step", "2", "--group-size", "2", "--max-turn-tokens", "16", "--max-episode-tokens", "32",
         "--dtype", "float32", "--top-k", "2", "--doc-tokens", "32"]
@@ -32,24 +45,113 @@ def test_both_stages_write_metrics_and_adapters(tiny_qwen_dir, tmp_path):
     assert not os.path.exists(tmp_path / "checkpoint")  # a finished run leaves no checkpoint behind
 
 
-def test_resume_continues_an_interrupted_run(tiny_qwen_dir, tmp_path, monkeypatch):
-    real_step = train.grpo_step
+@pytest.fixture(scope="module")
+def toy_files(tiny_qwen_dir, tmp_path_factory):
+    """A small toy world as the files train.py reads: questions, corpus and cold-start traces."""
+    from transformers import AutoTokenizer
 
-    def crash_at_step_2(args, *rest):
-        if rest[-2] == 2:  # the step argument
-            raise KeyboardInterrupt
-        return real_step(args, *rest)
+    folder = tmp_path_factory.mktemp("toy")
+    world = make_world(0, n_people=12, n_cities=6, n_companies=6, n_works=6)
+    retriever, tokenizer = BM25(world.passages), AutoTokenizer.from_pretrained(tiny_qwen_dir)
+    docs = lambda query: documents_block(retriever.search([query], 2)[0], tokenizer, 32)
+    traces = [{"question": q["question"], "segments": sft_trace(q, "full", docs, random.Random(0))}
+              for q in world.questions[:8]]
+    for name, rows in [("questions", world.questions), ("corpus", world.passages), ("traces", traces)]:
+        write_jsonl(rows, folder / f"{name}.jsonl")
+    return folder
 
-    monkeypatch.setattr(train, "grpo_step", crash_at_step_2)
+
+def run_toy(tiny_qwen_dir, toy_files, out, *extra):
+    train.main(["--model", tiny_qwen_dir, "--train-data", str(toy_files / "questions.jsonl"), "--corpus",
+                str(toy_files / "corpus.jsonl"), "--sft-data", str(toy_files / "traces.jsonl"), "--out", str(out),
+                *FAST, "--sft-steps", "2", "--steps", "2", "--save-every", "1", "--beta", "0.04", "--lr", "1e-2",
+                "--stage2-reference", "stage1", *extra])
+
+
+def outcome(out) -> tuple[dict, list[dict]]:
+    """The stage-2 adapter's tensors and the metrics without their timings."""
+    rows = [{k: v for k, v in r.items() if k != "seconds"} for r in read_metrics(out / "metrics.jsonl")]
+    return load_file(out / "stage2" / "adapter_model.safetensors"), rows
+
+
+def test_a_run_resumed_anywhere_is_the_uninterrupted_run(tiny_qwen_dir, toy_files, tmp_path, monkeypatch):
+    """Cut after each checkpoint (inside a phase and at both phase boundaries), then --resume: bit for bit the same
+    adapters and metrics as the run that was never cut."""
+    run_toy(tiny_qwen_dir, toy_files, tmp_path / "whole")
+    tensors, rows = outcome(tmp_path / "whole")
+    assert [(r["stage"], r["step"]) for r in rows] == [("sft", 0), ("sft", 1), (1, 0), (1, 1), (2, 0), (2, 1)]
+    real_save, cuts = train.save_checkpoint, []
+    for n in range(1, 6):
+        saves = []
+
+        def save_then_stop(args, model, optimizer, phase, step):
+            real_save(args, model, optimizer, phase, step)
+            saves.append((phase, step))
+            if len(saves) == n:
+                raise KeyboardInterrupt
+        monkeypatch.setattr(train, "save_checkpoint", save_then_stop)
+        with pytest.raises(KeyboardInterrupt):
+            run_toy(tiny_qwen_dir, toy_files, tmp_path / str(n))
+        cuts.append(saves[-1])
+        monkeypatch.setattr(train, "save_checkpoint", real_save)
+        run_toy(tiny_qwen_dir, toy_files, tmp_path / str(n), "--resume")
+        resumed_tensors, resumed_rows = outcome(tmp_path / str(n))
+        assert resumed_rows == rows
+        assert resumed_tensors.keys() == tensors.keys()
+        assert all(torch.equal(resumed_tensors[k], tensors[k]) for k in tensors)
+    assert cuts == [("sft", 1), ("1", 0), ("1", 1), ("2", 0), ("2", 1)]
+
+
+def test_resume_refuses_other_options_and_restarts_a_run_cut_before_its_first_checkpoint(tiny_qwen_dir, toy_files,
+                                                                                         tmp_path, monkeypatch):
+    def stop(*args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(train, "sft_phase_step", stop)
     with pytest.raises(KeyboardInterrupt):
-        run(tiny_qwen_dir, tmp_path, "--stage", "1", "--steps", "4", "--save-every", "1")
-    assert json.load(open(tmp_path / "checkpoint" / "state.json")) == {"phase": "1", "step": 2}
+        run_toy(tiny_qwen_dir, toy_files, tmp_path, "--stage", "1")
+    monkeypatch.undo()
     with pytest.raises(SystemExit, match="already holds a run"):  # never silently mixed with a new run
-        run(tiny_qwen_dir, tmp_path, "--stage", "1", "--steps", "4")
-    monkeypatch.setattr(train, "grpo_step", real_step)
-    run(tiny_qwen_dir, tmp_path, "--stage", "1", "--steps", "4", "--resume")
-    assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [0, 1, 2, 3]
-    assert os.path.exists(tmp_path / "stage1" / "adapter_model.safetensors")
+        run_toy(tiny_qwen_dir, toy_files, tmp_path, "--stage", "1")
+    with pytest.raises(SystemExit, match=r"--lr was 0.01 in .*config.json, now 0.001"):
+        run_toy(tiny_qwen_dir, toy_files, tmp_path, "--stage", "1", "--resume", "--lr", "1e-3")
+    run_toy(tiny_qwen_dir, toy_files, tmp_path, "--stage", "1", "--resume", "--save-every", "5")  # harmless
+    assert [(r["stage"], r["step"]) for r in read_metrics(tmp_path / "metrics.jsonl")] == \
+        [("sft", 0), ("sft", 1), (1, 0), (1, 1)]
+    with pytest.raises(SystemExit, match="has finished"):
+        run_toy(tiny_qwen_dir, toy_files, tmp_path, "--stage", "1", "--resume")
+
+
+def test_the_same_command_twice_gives_the_same_run(tiny_qwen_dir, toy_files, tmp_path):
+    """Two processes, one command: the same adapters, bit for bit (each process seeds its generators afresh)."""
+    for name in ("a", "b"):
+        subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--model", tiny_qwen_dir, "--train-data",
+                        str(toy_files / "questions.jsonl"), "--corpus", str(toy_files / "corpus.jsonl"),
+                        "--sft-data", str(toy_files / "traces.jsonl"), "--sft-steps", "2", "--out",
+                        str(tmp_path / name), *FAST, "--steps", "2", "--lr", "1e-2"],
+                       check=True, capture_output=True)
+    a, b = (load_file(tmp_path / name / "stage2" / "adapter_model.safetensors") for name in ("a", "b"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], torch.zeros_like(a[k])) for k in a if "lora_B" in k)  # it did train
+
+
+def test_a_diverging_run_skips_its_updates_and_stops(tiny_qwen_dir, toy_files, tmp_path, monkeypatch):
+    """A non-finite loss skips the update (logged in metrics.jsonl); three in a row stop the run with a clear error,
+    and the last good checkpoint stays."""
+    real_rollout = grpo.rollout
+
+    def broken_rollout(*args):
+        episodes = real_rollout(*args)
+        episodes[0].logprobs[0] = float("nan")
+        return episodes
+    monkeypatch.setattr(grpo, "rollout", broken_rollout)
+    with pytest.raises(RuntimeError, match="stage 1 steps 0-2: the loss or the gradient was not finite 3 steps in a "
+                                           "row .* the last good checkpoint is"):
+        run_toy(tiny_qwen_dir, toy_files, tmp_path, "--stage", "1", "--sft-steps", "0", "--stage1-steps", "5")
+    rows = read_metrics(tmp_path / "metrics.jsonl")
+    assert [(r["step"], r["skipped"]) for r in rows] == [(0, 1), (1, 1), (2, 1)]
+    assert json.load(open(tmp_path / "checkpoint" / "state.json")) == {"phase": "1", "step": 2}
+    weights = load_file(tmp_path / "checkpoint" / "adapter_model.safetensors")
+    assert all(torch.isfinite(w).all() and (("lora_B" not in k) or not w.any()) for k, w in weights.items())
 
 
 def test_bad_input_stops_before_training(tiny_qwen_dir, tmp_path, capsys):
