@@ -80,8 +80,9 @@ def main(argv=None):
     config = rollout_config(train.parse_args(argv), temperature=0)
     test = BM25(held_out.passages)
     summary = {}
-    for name, adapter, searches in [("no_search", None, 0), ("sft", None, config.max_searches),
-                                    ("stage1", "stage1", config.max_searches), ("stage2", "stage2", config.max_searches)]:
+    limit = config.max_searches
+    for name, adapter, searches in [("no_search", None, 0), ("sft", None, limit), ("stage1", "stage1", limit),
+                                    ("stage2", "stage2", limit)]:
         model, tokenizer = load_policy(model_dir, dtype=RL["dtype"], trainable=False,
                                        adapter=adapter and os.path.join(args.out, adapter))
         # all questions in one batch: a greedy row decodes the same in any batch (tests), and so small a model's

@@ -14,28 +14,40 @@ import random
 import shutil
 import sys
 import time
+from collections import Counter
 
 import torch
+import torch.distributed as dist
 from tqdm import tqdm
 from transformers import set_seed
 
 from minisearcher.data import load_corpus, load_questions
-from minisearcher.grpo import GRPOConfig, grpo_step
-from minisearcher.model import load_policy
-from minisearcher.options import add_model_options, add_rollout_options, at_least_0, positive, rollout_config
+from minisearcher.grpo import GRPOConfig, all_sum, grpo_step
+from minisearcher.model import load_policy, load_tokenizer
+from minisearcher.options import (add_model_options, add_rollout_options, at_least_0, parse_with_recipe, positive,
+                                  rollout_config)
 from minisearcher.prompts import build_prompt, use_chat
 from minisearcher.retriever import BM25
 from minisearcher.rollout import RolloutConfig
+from minisearcher.runs import (ADAPTERS, PHASES, adapter_weights, check_out_dir, keep_metrics_before, load_checkpoint,
+                               reporter, run_phases, save_atomically, save_checkpoint, start_run, trainable_weights)
 from minisearcher.sft import load_traces, sft_step, trace_episode
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_options(p)
-    p.add_argument("--train-data", help="JSON lines with question/answer, or a `datasets` name[:config][@split]")
-    p.add_argument("--sft-data", help="JSON lines of cold-start traces: {question, segments: [[text, by_model]...]}")
+    p.add_argument("--train-data", nargs="+", help="JSON lines with question/answer, or `datasets` "
+                   "names[:config][@split]; each may end with a slice of its rows: file.jsonl[100:]")
+    p.add_argument("--exclude", nargs="*", default=[],
+                   help="question sets never to train on, in --train-data or --sft-data (the evaluation split)")
+    p.add_argument("--sft-data", nargs="+", help="JSON lines of cold-start traces: {question, segments: [[text, "
+                   "by_model]...]}, or R1-Searcher's trajectories (converted: minisearcher/sft.py)")
     p.add_argument("--sft-steps", type=at_least_0(int), default=0)
-    p.add_argument("--stage", choices=["1", "2", "both"], default="both")
+    p.add_argument("--stage", choices=["1", "2", "both", "none"], default="both",
+                   help="the RL stages to run after the cold start (none: the cold start only)")
+    p.add_argument("--sft-batch", type=positive(int), default=16, help="traces per cold-start step")
+    p.add_argument("--sft-lr", type=positive(float), help="learning rate of the cold start (default: --lr)")
     p.add_argument("--steps", type=positive(int), default=100, help="GRPO steps per stage")
     p.add_argument("--stage1-steps", type=positive(int), help="GRPO steps of stage 1 (default: --steps)")
     p.add_argument("--questions-per-step", type=positive(int), default=8)
@@ -45,8 +57,9 @@ def parse_args(argv=None):
     p.add_argument("--clip-eps", type=positive(float), default=0.2)
     p.add_argument("--temperature", type=positive(float), default=1.0, help="sampling temperature of the rollouts")
     p.add_argument("--dr-grpo", action="store_true", help="centre the advantages without dividing by the std")
-    p.add_argument("--stage2-reference", choices=["base", "stage1"], default="base",
-                   help="pi_ref of stage 2's KL: the base model (adapter off), or the model stage 2 starts from")
+    p.add_argument("--reference", choices=["base", "start"], default="base",
+                   help="pi_ref of the KL term: the base model (the adapter off), or the model each RL stage starts "
+                        "from (the cold-start model in stage 1, the stage-1 model in stage 2)")
     p.add_argument("--updates", type=positive(int), default=1, help="optimizer steps per rollout batch")
     p.add_argument("--micro-batch", type=positive(int), default=4)
     add_rollout_options(p, RolloutConfig())
@@ -55,13 +68,17 @@ def parse_args(argv=None):
                    help="NF4 weights through bitsandbytes (default: on with CUDA, off on CPU)")
     p.add_argument("--save-every", type=positive(int), default=10, help="checkpoint every N steps")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--report-to", choices=["tensorboard", "wandb"],
+                   help="also send the metrics to TensorBoard or Weights & Biases (pip install -e \".[tensorboard]\")")
     p.add_argument("--out", default="runs/default")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    args = p.parse_args(argv)
+    args = parse_with_recipe(p, argv)
     if args.group_size < 2:
         p.error("--group-size must be at least 2: GRPO compares episodes within a group")
     if args.sft_steps and not args.sft_data:
         p.error("--sft-steps needs --sft-data")
+    if not run_phases(args):
+        p.error("nothing to run: --stage none and no --sft-steps")
     for name in ("train_data", "corpus"):
         if not getattr(args, name):
             p.error(f"--{name.replace('_', '-')} is required")
@@ -73,117 +90,32 @@ def grpo_config(args) -> GRPOConfig:
                       scale_by_std=not args.dr_grpo, updates=args.updates, micro_batch=args.micro_batch)
 
 
-# ---- the run folder: refuse to mix runs, save atomically, resume -------------------------------------------------
-
-PHASES = ["sft", "1", "2"]
-ADAPTERS = {"sft": "sft", "1": "stage1", "2": "stage2"}  # the folder each phase's adapter is saved in
-HARMLESS = {"resume", "save_every"}  # options that may change on --resume: they do not change what is trained
-
-
-def check_out_dir(args, phases: list[str]):
-    """Before any work: a new run needs a folder without a run; --resume needs an unfinished run there whose options
-    (OUT/config.json) are this command's, but for HARMLESS ones."""
-    saved_path = os.path.join(args.out, "config.json")
-    options = {key: value for key, value in vars(args).items() if key not in HARMLESS}
-    if not args.resume:
-        if os.path.exists(saved_path) or os.path.exists(os.path.join(args.out, "metrics.jsonl")):
-            raise ValueError(f"--out {args.out} already holds a run; pass --resume to continue it or choose another "
-                             "--out")
-        os.makedirs(args.out, exist_ok=True)
-        with open(saved_path, "w") as f:
-            json.dump(options, f, indent=2)
-        return
-    if not os.path.exists(saved_path):
-        raise ValueError(f"--resume: {saved_path} does not exist, so {args.out} holds no run; start without --resume")
-    with open(saved_path) as f:
-        saved = json.load(f)
-    for key, value in options.items():
-        if saved.get(key) != value:
-            raise ValueError(f"--resume: --{key.replace('_', '-')} was {saved.get(key)!r} in {saved_path}, now "
-                             f"{value!r}; resuming with it would mix two runs (start a new --out to change it)")
-    if os.path.isdir(os.path.join(args.out, ADAPTERS[phases[-1]])):
-        raise ValueError(f"--resume: the run in {args.out} has finished ({ADAPTERS[phases[-1]]}/ is saved)")
-
-
-def save_atomically(write, folder: str):
-    """write(tmp) then swap it in: an interrupted save never leaves a half-written folder behind."""
-    tmp, old = folder + ".tmp", folder + ".old"
-    shutil.rmtree(tmp, ignore_errors=True)
-    write(tmp)
-    if os.path.exists(folder):
-        os.replace(folder, old)
-    os.replace(tmp, folder)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def save_checkpoint(args, model, optimizer, phase: str, step: int):
-    """The adapter, and the optimizer's state inside a phase: a phase starts with a fresh optimizer, resumed or not."""
-    def write(tmp):
-        model.save_pretrained(tmp)
-        if step > 0:
-            torch.save(optimizer.state_dict(), os.path.join(tmp, "optimizer.pt"))
-        with open(os.path.join(tmp, "state.json"), "w") as f:
-            json.dump({"phase": phase, "step": step}, f)
-    save_atomically(write, os.path.join(args.out, "checkpoint"))
-
-
-def load_adapter_weights(model, folder: str):
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-    set_peft_model_state_dict(model, load_file(os.path.join(folder, "adapter_model.safetensors")))
-
-
-def load_checkpoint(args, model) -> tuple[str, int, dict | None]:
-    folder = os.path.join(args.out, "checkpoint")
-    load_adapter_weights(model, folder)
-    with open(os.path.join(folder, "state.json")) as f:
-        state = json.load(f)
-    optimizer = os.path.join(folder, "optimizer.pt")
-    return state["phase"], state["step"], torch.load(optimizer) if os.path.exists(optimizer) else None
-
-
-def keep_metrics_before(path: str, phase: str, step: int):
-    """On resume, drop the lines of steps from the checkpoint's on: they are run again."""
-    if not os.path.exists(path):
-        return
-    with open(path) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
-    with open(path, "w") as f:
-        for row in rows:
-            if (PHASES.index(str(row["stage"])), row["step"]) < (PHASES.index(phase), step):
-                f.write(json.dumps(row) + "\n")
-
-
-def trainable_weights(model) -> dict:
-    return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
-
-
-def adapter_weights(model, folder: str) -> dict:
-    """The trainable weights of the adapter saved in `folder`, read through the model, which is left as it was."""
-    now = trainable_weights(model)
-    load_adapter_weights(model, folder)
-    saved = trainable_weights(model)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name in now:
-                p.copy_(now[name])
-    return saved
-
-
 # ---- the phases --------------------------------------------------------------------------------------------------
 
 def sft_phase_step(args, model, tokenizer, traces, optimizer, step: int, chat: bool) -> dict:
     start = time.time()
-    batch = random.Random(f"{args.seed}-sft-{step}").sample(traces, min(args.questions_per_step * 2, len(traces)))
-    episodes = [trace_episode(tokenizer, build_prompt(tokenizer, t["question"], chat), t["segments"]) for t in batch]
+    n, positions = len(traces), range(step * args.sft_batch, (step + 1) * args.sft_batch)
+    orders = {epoch: random.Random(f"{args.seed}-sft-{epoch}").sample(traces, n)
+              for epoch in {i // n for i in positions}}
+    batch = [orders[i // n][i % n] for i in positions]  # the traces epoch after epoch, each in a new order
+    episodes = [trace_episode(tokenizer, build_prompt(tokenizer, t["question"], chat), t["segments"])
+                for t in share(batch)]
     model.train()
     loss = sft_step(model, optimizer, episodes, tokenizer.pad_token_id, args.micro_batch)
-    return {"loss": loss, "skipped": int(math.isnan(loss)), "tokens": sum(len(e.ids) for e in episodes),
-            "seconds": time.time() - start}
+    [tokens] = all_sum([sum(len(e.ids) for e in episodes)])
+    return {"loss": loss, "skipped": int(math.isnan(loss)), "tokens": int(tokens), "seconds": time.time() - start}
+
+
+def share(items: list) -> list:
+    """This process's part of a step's questions or traces in a data-parallel run (torchrun); all of them in one."""
+    return items[dist.get_rank()::dist.get_world_size()] if dist.is_initialized() else items
 
 
 def train(args, model, tokenizer, retriever, questions, traces):
-    """Run the phases in order, from the checkpoint if resuming; save each phase's adapter when it ends."""
+    """Run the phases in order, from the checkpoint if resuming; save each phase's adapter when it ends. In a
+    data-parallel run every process runs this, and the first alone writes files."""
+    lead = not dist.is_initialized() or dist.get_rank() == 0
+    report = reporter(args) if lead else None
     chat = use_chat(tokenizer, args.prompt)
     rollout_cfg, cfg = rollout_config(args, args.temperature), grpo_config(args)
     phases = run_phases(args)
@@ -191,23 +123,24 @@ def train(args, model, tokenizer, retriever, questions, traces):
     start_phase, start_step, optimizer_state = phases[0], 0, None
     if args.resume and os.path.isdir(checkpoint):  # else it was interrupted before its first checkpoint
         start_phase, start_step, optimizer_state = load_checkpoint(args, model)
-    if args.resume:
+    if args.resume and lead:
         keep_metrics_before(metrics_path, start_phase, start_step)
-    # pi_ref: the adapter disabled (None), or with --stage2-reference stage1 in stage 2 the weights it started from
-    reference = None
-    stage1 = os.path.join(args.out, "stage1") if "1" in phases else args.adapter  # None: a zero adapter, the base
-    if args.stage2_reference == "stage1" and start_phase == "2" and start_step > 0 and stage1:
-        reference = adapter_weights(model, stage1)
+    reference = None  # pi_ref: None is the adapter disabled; with --reference start, the weights the stage began with
+    if args.reference == "start" and start_phase in ("1", "2") and start_step > 0:
+        before = phases[phases.index(start_phase) - 1] if start_phase != phases[0] else None
+        began = os.path.join(args.out, ADAPTERS[before]) if before else args.adapter  # None: a zero adapter, the base
+        reference = adapter_weights(model, began) if began else None
     for phase in phases[phases.index(start_phase):]:
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr)
+        lr = (args.sft_lr or args.lr) if phase == "sft" else args.lr
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
         first = start_step if phase == start_phase else 0
         if first and optimizer_state is not None:
             optimizer.load_state_dict(optimizer_state)
-        if phase == "2" and args.stage2_reference == "stage1" and reference is None:
+        if args.reference == "start" and phase != "sft" and first == 0:
             reference = trainable_weights(model)
         n_steps = {"sft": args.sft_steps, "1": args.stage1_steps or args.steps}.get(phase, args.steps)
         bar = tqdm(range(first, n_steps), desc="cold-start SFT" if phase == "sft" else f"stage {phase}",
-                   initial=first, total=n_steps)
+                   initial=first, total=n_steps, disable=not lead)
         failed = 0  # steps in a row skipped for a non-finite loss or gradient
         for step in bar:
             torch.manual_seed(args.seed * 1_000_003 + PHASES.index(phase) * 100_003 + step)  # resumable
@@ -217,42 +150,73 @@ def train(args, model, tokenizer, retriever, questions, traces):
             else:
                 batch = random.Random(f"{args.seed}-{phase}-{step}").sample(
                     questions, min(args.questions_per_step, len(questions)))
-                row = grpo_step(model, tokenizer, retriever, batch, optimizer, int(phase), rollout_cfg, cfg, chat,
-                                reference if phase == "2" else None)
+                seeds = torch.randint(2**62, (len(batch), cfg.group_size)).tolist()  # one per episode, in any process
+                row = grpo_step(model, tokenizer, retriever, share(batch), optimizer, int(phase), rollout_cfg, cfg,
+                                chat, reference, [seed for group in share(seeds) for seed in group])
                 bar.set_postfix(reward=f"{row['reward_mean']:.2f}", searches=f"{row['searches_mean']:.2f}")
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps({"stage": phase if phase == "sft" else int(phase), "step": step, **row}) + "\n")
+            row = {"stage": phase if phase == "sft" else int(phase), "step": step, **row}
+            if lead:
+                with open(metrics_path, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+            if report:
+                report(row)
             failed = failed + 1 if row["skipped"] else 0
             if failed == 3:
                 kept = f"the last good checkpoint is {checkpoint}" if os.path.isdir(checkpoint) else "no checkpoint"
                 raise RuntimeError(f"{bar.desc} steps {step - 2}-{step}: the loss or the gradient was not finite 3 "
                                    f"steps in a row (each update was skipped); {kept}")
-            if (step + 1) % args.save_every == 0 and step + 1 < n_steps:
+            if lead and (step + 1) % args.save_every == 0 and step + 1 < n_steps:
                 save_checkpoint(args, model, optimizer, phase, step + 1)
-        save_atomically(model.save_pretrained, os.path.join(args.out, ADAPTERS[phase]))
         following = phases[phases.index(phase) + 1:]
-        if following:
-            save_checkpoint(args, model, optimizer, following[0], 0)
-    shutil.rmtree(checkpoint, ignore_errors=True)
+        if lead:
+            save_atomically(model.save_pretrained, os.path.join(args.out, ADAPTERS[phase]))
+            if following:
+                save_checkpoint(args, model, optimizer, following[0], 0)
+    if lead:
+        shutil.rmtree(checkpoint, ignore_errors=True)
 
 
-def run_phases(args) -> list[str]:
-    return (["sft"] if args.sft_steps else []) + (["1", "2"] if args.stage == "both" else [args.stage])
+def init_distributed():
+    """Under torchrun (WORLD_SIZE > 1), join the process group: each process rolls out its share of every step's
+    questions and the gradients are summed (grpo.optimizer_step), so N processes make one process's update."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
 
 
 def main(argv=None):
     args = parse_args(argv)
+    init_distributed()
     try:  # every input is checked before the model is loaded and any training time is spent
-        questions = load_questions(args.train_data)
-        traces = load_traces(args.sft_data) if args.sft_data else []
+        exclude = {q["question"] for source in args.exclude for q in load_questions(source)}
+        questions = [q for source in args.train_data for q in load_questions(source) if q["question"] not in exclude]
         retriever = BM25(load_corpus(args.corpus))
+        traces, skipped = [], Counter()
+        if args.sft_steps:
+            tokenizer, cfg = load_tokenizer(args.model), rollout_config(args, args.temperature)
+            for path in args.sft_data:
+                kept, left_out = load_traces(path, tokenizer, retriever, cfg, exclude)
+                traces, skipped = traces + kept, skipped + left_out
+            print(f"{len(traces)} cold-start traces; left out: " +
+                  (", ".join(f"{n} {reason}" for reason, n in skipped.most_common()) or "none"))
+            if not traces:
+                raise ValueError(f"--sft-data {' '.join(args.sft_data)}: no trace to learn from")
+        if dist.is_initialized() and min(args.questions_per_step, args.sft_batch) < dist.get_world_size():
+            raise ValueError(f"--questions-per-step and --sft-batch must be at least the {dist.get_world_size()} "
+                             "processes: each process takes its share")
         check_out_dir(args, run_phases(args))
+        if dist.is_initialized():
+            dist.barrier()  # every process has checked the folder before the first one starts the run in it
+        if not args.resume and (not dist.is_initialized() or dist.get_rank() == 0):
+            start_run(args)
         set_seed(args.seed)  # LoRA's initial weights are drawn from it
         model, tokenizer = load_policy(args.model, load_in_4bit=args.load_in_4bit, dtype=args.dtype,
                                        lora_r=args.lora_r, adapter=args.adapter)
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
-    print(f"{len(questions)} questions, {len(retriever.passages)} passages, model {args.model}")
+    print(f"{len(questions)} questions ({len(exclude)} excluded), {len(retriever.passages)} passages, "
+          f"model {args.model}")
     train(args, model, tokenizer, retriever, questions, traces)
     print(f"done: {args.out}")
 

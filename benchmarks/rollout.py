@@ -129,8 +129,9 @@ def plain_loop(model, tokenizer, prompts: list[str], n_tokens: int) -> int:
     tokens = [tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
     cache, mask = DynamicCache(), torch.zeros((len(prompts), 0), dtype=torch.long)
     logits, mask = feed(model, tokens, cache, mask, tokenizer.pad_token_id)
+    generators = [torch.Generator().manual_seed(row) for row in range(len(prompts))]
     for step in range(n_tokens):
-        ids, _ = sample(logits, 1.0)
+        ids, _ = sample(logits, 1.0, generators)
         if step < n_tokens - 1:
             logits, mask = feed(model, [[i] for i in ids], cache, mask, tokenizer.pad_token_id)
     return n_tokens * len(prompts)

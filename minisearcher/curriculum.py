@@ -162,10 +162,11 @@ def warmup(optimizer, cosine_over: int | None = None):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, scale)
 
 
-def cold_start(folder: str, log: str, seed: int, sft_steps: int, top_k: int, doc_tokens: int):
-    """Make the demo's model from random weights in the phases of COLD_START and save it, with its tokenizer, in
-    `folder`. Each step's loss goes to the JSON-lines file `log`. The traces' documents are BM25's top_k, each cut
-    to doc_tokens, as the rollouts will inject them."""
+def cold_start(folder: str, log: str, seed: int, sft_steps: int, top_k: int, doc_tokens: int,
+               phases: list[Phase] | None = None):
+    """Make the demo's model from random weights in the phases of COLD_START (or `phases`) and save it, with its
+    tokenizer, in `folder`. Each step's loss goes to the JSON-lines file `log`. The traces' documents are BM25's
+    top_k, each cut to doc_tokens, as the rollouts will inject them."""
     rng = random.Random(seed)
     worlds = (toyworld.make_world(s, **COLD_START_WORLD) for s in count(seed + 1000))
     first = [next(worlds) for _ in range(10)]
@@ -186,7 +187,7 @@ def cold_start(folder: str, log: str, seed: int, sft_steps: int, top_k: int, doc
 
     model = tiny_qwen(tokenizer, seed=seed)
     model.train()
-    for phase in COLD_START:
+    for phase in phases or COLD_START:
         steps = phase.steps or sft_steps
         optimizer = torch.optim.AdamW(model.parameters(), lr=LR)
         schedule = warmup(optimizer, cosine_over=steps if phase.name == "sft" else None)

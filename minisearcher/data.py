@@ -1,6 +1,7 @@
 """Question sets and passage corpora. Every bad row is reported with its file and line before any work starts."""
 import json
 import os
+import re
 
 
 def read_jsonl(path: str) -> list[tuple[int, dict]]:
@@ -34,14 +35,16 @@ def gold_answers(answer, where: str) -> list[str]:
 def load_questions(source: str, limit: int | None = None) -> list[dict]:
     """Rows {"question": str, "answers": [str, ...]} from a JSON-lines file or a `datasets` name.
 
-    A dataset name may carry a config and split: "hotpot_qa:distractor@validation" (default split: train).
+    A dataset name may carry a config and split: "hotpot_qa:distractor@validation" (default split: train). Either may
+    end with a slice of its rows, as in Python: "hotpotqa_500.jsonl[100:]" is all but the first 100.
     """
+    source, rows_slice = split_slice(source)
     if os.path.exists(source) or source.endswith((".jsonl", ".json")):
         rows = [(f"{source}:{n}", row) for n, row in read_jsonl(source)]
     else:
         rows = [(f"{source}[{i}]", row) for i, row in enumerate(load_hub_dataset(source))]
     questions = []
-    for where, row in rows[:limit]:
+    for where, row in rows[rows_slice][:limit]:
         question = row.get("question")
         if not isinstance(question, str) or not question.strip():
             raise ValueError(f"{where}: missing 'question' (a non-empty string)")
@@ -50,6 +53,14 @@ def load_questions(source: str, limit: int | None = None) -> list[dict]:
         answers = gold_answers(row.get("answer", row.get("answers")), where)
         questions.append({"question": question.strip(), "answers": answers})
     return questions
+
+
+def split_slice(source: str) -> tuple[str, slice]:
+    match = re.fullmatch(r"(.+)\[(\d*):(\d*)\]", source)
+    if not match:
+        return source, slice(None)
+    start, stop = (int(x) if x else None for x in match.group(2, 3))
+    return match.group(1), slice(start, stop)
 
 
 def load_hub_dataset(name: str):

@@ -1,11 +1,13 @@
 """Evaluation as in the R1-Searcher paper: greedy episodes, then EM, F1 and Cover-EM against the gold answers.
 
-    naive   answer from memory, no retrieval
-    rag     one BM25 search with the question itself, its top-k passages in the prompt, then answer
-    search  the R1-Searcher protocol: the model writes its own queries, mid-reasoning, as in training
+    naive        answer from memory, no retrieval
+    rag          one BM25 search with the question itself, its top-k passages in the prompt, then answer
+    search       the R1-Searcher protocol: the model writes its own queries, mid-reasoning, as in training
+    naive-plain  naive and rag without the think/answer protocol: "Answer the question with a short phrase only.",
+    rag-plain    then the model's first line is its answer, at most 24 tokens (a fairer bar for an untrained model)
 
-All three go through the same rollout() as training, greedy (temperature 0); naive and rag differ only in their
-prompt and max_searches=0 (a model that queries anyway is told the limit is reached).
+All go through the same rollout() as training, greedy (temperature 0); all but search have max_searches=0 (a model
+that queries anyway is told the limit is reached).
 """
 import re
 from dataclasses import replace
@@ -13,11 +15,12 @@ from dataclasses import replace
 from tqdm import tqdm
 
 from .prompts import (ANSWER, BEGIN_QUERY, END_ANSWER, END_QUERY, END_THINK, THINK, build_baseline_prompt,
-                      build_prompt, documents_block)
+                      build_plain_prompt, build_prompt, documents_block, numbered_passages)
 from .rewards import cover_em, exact_match, extract_answer, f1_score, format_ok
 from .rollout import RolloutConfig, rollout
 
-MODES = ["naive", "rag", "search"]
+MODES = ["naive", "rag", "search", "naive-plain", "rag-plain"]
+PLAIN_TOKENS = 24
 TAGS = re.compile("|".join(map(re.escape, [THINK, END_THINK, ANSWER, END_ANSWER, BEGIN_QUERY, END_QUERY])))
 
 
@@ -26,7 +29,12 @@ def make_prompts(tokenizer, retriever, questions: list[str], mode: str, cfg: Rol
         return [build_prompt(tokenizer, q, chat) for q in questions]
     if mode == "naive":
         return [build_baseline_prompt(tokenizer, q, chat) for q in questions]
+    if mode == "naive-plain":
+        return [build_plain_prompt(tokenizer, q, chat) for q in questions]
     found = retriever.search(questions, cfg.top_k)  # rag: the question is the query
+    if mode == "rag-plain":
+        return [build_plain_prompt(tokenizer, q, chat, numbered_passages(docs, tokenizer, cfg.doc_tokens))
+                for q, docs in zip(questions, found)]
     return [build_baseline_prompt(tokenizer, q, chat, documents_block(docs, tokenizer, cfg.doc_tokens))
             for q, docs in zip(questions, found)]
 
@@ -39,9 +47,13 @@ def predict(model_text: str) -> str:
     return extract_answer(model_text) or (lines[-1] if lines else "")
 
 
-def record(question: dict, prompt: str, episode, style: str = "paper") -> dict:
+def first_line(model_text: str) -> str:
+    return next((line.strip() for line in model_text.splitlines() if line.strip()), "")
+
+
+def record(question: dict, prompt: str, episode, mode: str, style: str = "paper") -> dict:
     text, golds = episode.model_text, question["answers"]
-    prediction = predict(text)
+    prediction = first_line(text) if mode.endswith("plain") else predict(text)
     return {"question": question["question"], "golds": golds, "prediction": prediction,
             "em": exact_match(prediction, golds, style), "f1": f1_score(prediction, golds, style),
             "cover_em": cover_em(prediction, golds, style), "answered": bool(extract_answer(text)),
@@ -57,13 +69,15 @@ def evaluate(model, tokenizer, retriever, questions: list[dict], mode: str, cfg:
     searches_mean counts the model's own searches (rag's one search with the question is not one of them);
     tokens_mean counts the tokens the model generated, not the documents injected."""
     cfg = replace(cfg, temperature=0.0, max_searches=cfg.max_searches if mode == "search" else 0)
+    if mode.endswith("plain"):
+        cfg = replace(cfg, max_turn_tokens=PLAIN_TOKENS, max_episode_tokens=PLAIN_TOKENS)
     model.eval()
     records = []
     for start in tqdm(range(0, len(questions), batch_size), desc=mode, unit="batch"):
         batch = questions[start:start + batch_size]
         prompts = make_prompts(tokenizer, retriever, [q["question"] for q in batch], mode, cfg, chat)
         episodes = rollout(model, tokenizer, retriever, prompts, cfg)
-        records += [record(q, p, e, style) for q, p, e in zip(batch, prompts, episodes)]
+        records += [record(q, p, e, mode, style) for q, p, e in zip(batch, prompts, episodes)]
 
     def mean(key):
         return sum(r[key] for r in records) / len(records)

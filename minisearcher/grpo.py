@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 
 from .episode import Episode
 from .prompts import build_prompt
@@ -90,10 +91,26 @@ def reference_policy(model, weights: dict | None):
                 params[name].copy_(w)
 
 
+def all_sum(values: list[float]) -> list[float]:
+    """The sums over the processes of a data-parallel run (torchrun), or the values themselves in a single one."""
+    if not dist.is_initialized():
+        return values
+    total = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(total)
+    return total.tolist()
+
+
 def optimizer_step(model, optimizer, max_grad_norm: float, loss: float) -> bool:
-    """Clip the gradient and step, unless the loss or the gradient norm is not finite (nan or inf): then the
-    gradient is dropped and the weights stay as they are. Returns whether the step was taken."""
-    norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], max_grad_norm)
+    """Sum the gradients of all processes (each loss is already divided by the tokens of all of them), clip, and
+    step, unless the loss or the gradient norm is not finite (nan or inf): then the gradient is dropped and the
+    weights stay as they are. Returns whether the step was taken, the same answer in every process."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if dist.is_initialized():
+        for p in params:
+            p.grad = torch.zeros_like(p) if p.grad is None else p.grad
+            dist.all_reduce(p.grad)
+        [loss] = all_sum([loss])
+    norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
     finite = math.isfinite(loss) and bool(torch.isfinite(norm))
     if finite:
         optimizer.step()
@@ -124,17 +141,23 @@ def grpo_update(model, optimizer, episodes: list[Episode], advantages: torch.Ten
                 temperature: float = 1.0, reference: dict | None = None) -> dict:
     """cfg.updates optimizer steps over the episodes, each on one shuffled mini-batch, with log-probs at the
     rollout's temperature. `reference`: frozen adapter weights for pi_ref (None: the adapter disabled). Returns
-    token-mean stats, and how many steps were skipped for a non-finite loss or gradient."""
+    token-mean stats, and how many steps were skipped for a non-finite loss or gradient. In a data-parallel run each
+    process holds its share of the episodes, and the loss is averaged over the policy tokens of all of them."""
     device = next(model.parameters()).device
     order = torch.randperm(len(episodes)).tolist()
     mini_batches = [order[i::cfg.updates] for i in range(cfg.updates)]
     totals = {"loss": 0.0, "kl": 0.0, "clipped": 0.0, "skipped": 0}
-    all_tokens = sum(sum(e.loss_mask) for e in episodes)
+    [all_tokens] = all_sum([sum(sum(e.loss_mask) for e in episodes)])
     for mini in mini_batches:
-        n_tokens = max(1, sum(sum(episodes[i].loss_mask) for i in mini))
+        n_tokens = max(1, all_sum([sum(sum(episodes[i].loss_mask) for i in mini)])[0])
+        # without a KL term, an episode whose advantage is 0 (its group's rewards were all equal) adds nothing to the
+        # gradient: it is left out of the passes, and its tokens still count in the mean, so the update is the same
+        busy = [i for i in mini if cfg.beta or advantages[i] != 0]
+        if not all_sum([len(busy)])[0]:
+            continue
         mini_loss = 0.0
-        for start in range(0, len(mini), cfg.micro_batch):
-            micro = mini[start:start + cfg.micro_batch]
+        for start in range(0, len(busy), cfg.micro_batch):
+            micro = busy[start:start + cfg.micro_batch]
             batch = collate([episodes[i] for i in micro], pad_id, device)
             K = batch["K"]
             ref_logp = None
@@ -148,28 +171,32 @@ def grpo_update(model, optimizer, episodes: list[Episode], advantages: torch.Ten
             mini_loss += loss.item()
             totals["kl"] += stats["kl"] / max(1, all_tokens)
             totals["clipped"] += stats["clipped"] / max(1, all_tokens)
-        totals["loss"] += mini_loss * n_tokens / max(1, all_tokens)
         totals["skipped"] += not optimizer_step(model, optimizer, cfg.max_grad_norm, mini_loss)
+        totals["loss"] += all_sum([mini_loss])[0] * n_tokens / max(1, all_tokens)
+    totals["kl"], totals["clipped"] = all_sum([totals["kl"], totals["clipped"]])
     return totals
 
 
 def grpo_step(model, tokenizer, retriever, questions: list[dict], optimizer, stage: int, rollout_cfg: RolloutConfig,
-              cfg: GRPOConfig, chat: bool, reference: dict | None = None) -> dict:
-    """One GRPO step on a batch of B questions: G episodes each, their rewards, advantages, one update. Returns the
-    step's metrics."""
+              cfg: GRPOConfig, chat: bool, reference: dict | None = None, seeds: list[int] | None = None) -> dict:
+    """One GRPO step on a batch of B questions: G episodes each (`seeds`: one per episode, for the rollout), their
+    rewards, advantages, one update. Returns the step's metrics, over the episodes of all processes."""
     start = time.time()
     G = cfg.group_size
     prompts = [build_prompt(tokenizer, q["question"], chat) for q in questions for _ in range(G)]
     golds = [q["answers"] for q in questions for _ in range(G)]
     model.eval()
-    episodes = rollout(model, tokenizer, retriever, prompts, rollout_cfg)
+    episodes = rollout(model, tokenizer, retriever, prompts, rollout_cfg, seeds)
     rewards = torch.tensor([reward(stage, e.model_text, e.n_searches, g) for e, g in zip(episodes, golds)])
     advantages = group_advantages(rewards.view(-1, G), scale_by_std=cfg.scale_by_std).flatten()  # (B * G,)
     model.train()
     stats = grpo_update(model, optimizer, episodes, advantages, tokenizer.pad_token_id, cfg, rollout_cfg.temperature,
                         reference)
-    return {"reward_mean": rewards.mean().item(), "reward_std": rewards.std().item(),
-            "searches_mean": sum(e.n_searches for e in episodes) / len(episodes),
-            "format_ok": sum(format_ok(e.model_text) for e in episodes) / len(episodes),
-            "f1_mean": sum(f1_score(extract_answer(e.model_text), g) for e, g in zip(episodes, golds)) / len(episodes),
-            **stats, "tokens": sum(len(e.ids) for e in episodes), "seconds": time.time() - start}
+    n, total, squares, searches, formats, f1, tokens = all_sum([
+        len(episodes), rewards.sum().item(), (rewards ** 2).sum().item(), sum(e.n_searches for e in episodes),
+        sum(format_ok(e.model_text) for e in episodes),
+        sum(f1_score(extract_answer(e.model_text), g) for e, g in zip(episodes, golds)),
+        sum(len(e.ids) for e in episodes)])
+    return {"reward_mean": total / n, "reward_std": math.sqrt(max(0.0, squares - total ** 2 / n) / max(1, n - 1)),
+            "searches_mean": searches / n, "format_ok": formats / n, "f1_mean": f1 / n, **stats, "tokens": int(tokens),
+            "seconds": time.time() - start}

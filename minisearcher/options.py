@@ -47,3 +47,49 @@ def rollout_config(args, temperature: float) -> RolloutConfig:
     return RolloutConfig(max_searches=args.max_searches, top_k=args.top_k, doc_tokens=args.doc_tokens,
                          max_turn_tokens=args.max_turn_tokens, max_episode_tokens=args.max_episode_tokens,
                          temperature=temperature)
+
+
+def parse_with_recipe(p: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """The options of the command line over those of a recipe (--config FILE.yaml, its keys the options' names)."""
+    p.add_argument("--config", help="a recipe: a YAML file of this script's options (the command line wins)")
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    path = pre.parse_known_args(argv)[0].config
+    if path:
+        p.set_defaults(**recipe_options(p, path))
+    return p.parse_args(argv)
+
+
+def recipe_options(p: argparse.ArgumentParser, path: str) -> dict:
+    """A recipe's options, checked and converted as the command line's are; an error names the file and the key."""
+    import yaml
+
+    try:
+        with open(path) as f:
+            recipe = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError) as e:
+        p.error(f"--config {path}: cannot read it ({e})")
+    if not isinstance(recipe, dict):
+        p.error(f"--config {path}: expected a mapping of option names to values")
+    actions = {a.dest: a for a in p._actions if a.dest not in ("help", "config")}
+    options = {}
+    for key, value in recipe.items():
+        action = actions.get(str(key).replace("-", "_"))
+        if action is None:
+            p.error(f"--config {path}: {key!r} is not an option of this script")
+        if action.nargs == 0:  # a flag: true or false
+            if not isinstance(value, bool):
+                p.error(f"--config {path}: {key} takes true or false, got {value!r}")
+            options[action.dest] = value
+            continue
+        many = action.nargs in ("+", "*")
+        if isinstance(value, list) != many:
+            p.error(f"--config {path}: {key} takes {'a list' if many else 'one value'}, got {value!r}")
+        try:
+            values = [action.type(str(v)) if action.type else str(v) for v in (value if many else [value])]
+        except (ValueError, argparse.ArgumentTypeError) as e:
+            p.error(f"--config {path}: {key}: {e}")
+        if action.choices and any(v not in action.choices for v in values):
+            p.error(f"--config {path}: {key} must be one of {', '.join(map(str, action.choices))}, got {value!r}")
+        options[action.dest] = values if many else values[0]
+    return options

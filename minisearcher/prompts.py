@@ -36,6 +36,11 @@ def build_prompt(tokenizer, question: str, chat: bool) -> str:
 
 def documents_block(passages: list[dict], tokenizer=None, max_tokens: int | None = None) -> str:
     """What the system appends after <|end_of_query|>; each passage is cut to `max_tokens` tokens."""
+    return message_block(numbered_passages(passages, tokenizer, max_tokens))
+
+
+def numbered_passages(passages: list[dict], tokenizer=None, max_tokens: int | None = None) -> str:
+    """ "(1) Title text" lines, each passage cut to `max_tokens` tokens of the tokenizer."""
     lines = []
     for i, p in enumerate(passages, 1):
         text = passage_text(p)
@@ -45,7 +50,7 @@ def documents_block(passages: list[dict], tokenizer=None, max_tokens: int | None
             if max_tokens is not None and len(ids) > max_tokens:
                 text = tokenizer.decode(ids[:max_tokens]) + " ..."
         lines.append(f"({i}) {text}")
-    return message_block("\n".join(lines))
+    return "\n".join(lines)
 
 
 def without_added_tokens(tokenizer, text: str) -> str:
@@ -82,3 +87,18 @@ def build_baseline_prompt(tokenizer, question: str, chat: bool, documents: str =
         messages = [{"role": "system", "content": instructions}, {"role": "user", "content": user}]
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + THINK
     return f"{instructions}\n\nUser: {user}\nAssistant: {THINK}"
+
+
+PLAIN_INSTRUCTION = "Answer the question with a short phrase only."
+
+
+def build_plain_prompt(tokenizer, question: str, chat: bool, passages: str = "") -> str:
+    """A baseline with no protocol at all: the numbered passages (rag), the instruction, the question, "Answer:". The
+    model's first line is its answer: a fair bar for a small model that does not follow the think/answer format."""
+    user = f"{PLAIN_INSTRUCTION}\n{question}\nAnswer:"
+    if passages:
+        user = f"{passages}\n\n{user}"
+    if chat:
+        return tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False,
+                                             add_generation_prompt=True)
+    return user

@@ -62,10 +62,11 @@ def feed(model, tokens: list[list[int]], cache, mask: torch.Tensor, pad_id: int)
     return out.logits[:, -1].float(), mask
 
 
-def sample(logits: torch.Tensor, temperature: float) -> tuple[list[int], list[float]]:
-    """One token per row from logits (R, V) at the temperature T, with its log-probability under the policy that
-    was sampled, pi_T = softmax(logits / T): the ratio and the KL of the update use that same pi_T (greedy, T = 0,
-    records log pi_1).
+def sample(logits: torch.Tensor, temperature: float,
+           generators: list[torch.Generator]) -> tuple[list[int], list[float]]:
+    """One token per row from logits (R, V) at the temperature T, the row's uniform drawn from its own generator, with
+    its log-probability under the policy that was sampled, pi_T = softmax(logits / T): the ratio and the KL of the
+    update use that same pi_T (greedy, T = 0, records log pi_1).
 
     The log-prob must be what grpo.token_logprobs will compute from a fresh forward, gather minus logsumexp, to the
     bit: a float32 sum over 150k entries depends on how it is done (log_softmax drifts from it by up to 1e-3). So we
@@ -80,15 +81,19 @@ def sample(logits: torch.Tensor, temperature: float) -> tuple[list[int], list[fl
         tokens = logits.argmax(-1)
     else:  # inverse-CDF sampling: one uniform per row; several times faster than torch.multinomial on a CPU
         cdf = weights.cumsum_(-1)  # (R, V)
-        u = torch.rand(len(cdf), 1, device=cdf.device) * cdf[:, -1:]
+        u = torch.cat([torch.rand(1, 1, generator=g) for g in generators]).to(cdf.device) * cdf[:, -1:]  # (R, 1)
         tokens = torch.searchsorted(cdf, u, right=True).squeeze(1).clamp(max=cdf.shape[1] - 1)
     return tokens.tolist(), (logits.gather(1, tokens[:, None]) - lse).squeeze(1).tolist()
 
 
 @torch.no_grad()
-def rollout(model, tokenizer, retriever, prompts: list[str], cfg: RolloutConfig) -> list[Episode]:
-    """One episode per prompt (repeat a prompt G times for a GRPO group)."""
+def rollout(model, tokenizer, retriever, prompts: list[str], cfg: RolloutConfig,
+            seeds: list[int] | None = None) -> list[Episode]:
+    """One episode per prompt (repeat a prompt G times for a GRPO group). Each episode samples from its own generator,
+    seeded from `seeds` (default: drawn from torch's), so an episode is the same whatever else is in the batch."""
     device = next(model.parameters()).device
+    seeds = torch.randint(2**62, (len(prompts),)).tolist() if seeds is None else seeds
+    generators = [torch.Generator().manual_seed(seed) for seed in seeds]
     stops = stop_token_ids(model, tokenizer)
     episodes = [Episode(tokenizer(p, add_special_tokens=False).input_ids) for p in prompts]
     # the G episodes of a question share their prompt: feed each distinct prompt once, then copy its cache rows
@@ -108,7 +113,8 @@ def rollout(model, tokenizer, retriever, prompts: list[str], cfg: RolloutConfig)
         while True:
             sampling = [r for r in range(len(live)) if outcome[r] is None]
             # rows that wait cost a forward pass, but no sampling pass (indexing copies the logits: only if some wait)
-            tokens, logps = sample(logits[sampling] if len(sampling) < len(live) else logits, cfg.temperature)
+            tokens, logps = sample(logits[sampling] if len(sampling) < len(live) else logits, cfg.temperature,
+                                   [generators[live[r]] for r in sampling])
             tails = tokenizer.batch_decode([turn[r][1 - TAIL:] + [t] for r, t in zip(sampling, tokens)])
             for r, token, logp, tail in zip(sampling, tokens, logps, tails):
                 turn[r].append(token)

@@ -396,3 +396,30 @@ def test_a_frozen_adapter_as_reference(searcher, world, tiny_qwen_dir):
     with torch.no_grad(), reference_policy(model, start):
         assert torch.equal(logp(), first)
     assert torch.equal(logp(), after)
+
+
+def test_without_kl_the_episodes_of_equal_groups_are_left_out_and_the_update_is_the_same(searcher, world,
+                                                                                         tiny_qwen_dir):
+    """With beta = 0 an episode with advantage 0 adds nothing to the gradient: grpo_update skips its passes but still
+    counts its tokens, so the step equals the plain mean of the loss over every sampled token."""
+    model, tokenizer = load_policy(tiny_qwen_dir, dtype="float32")[0], searcher[1]
+    torch.manual_seed(0)
+    episodes = rollout(model, tokenizer, world[1], [PROMPT.format("Who?")] * 4, RolloutConfig(max_turn_tokens=20))
+    advantages = torch.tensor([1.0, -1.0, 0.0, 0.0])
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    with torch.no_grad():  # a non-zero adapter, so that the gradient reaches every LoRA weight
+        for p in trainable:
+            p.add_(0.01 * torch.randn_like(p))
+    start = [p.detach().clone() for p in trainable]
+    batch = collate(episodes, tokenizer.pad_token_id, "cpu")
+    K, mask = batch["K"], batch["loss_mask"][:, -batch["K"]:]
+    logp = token_logprobs(model, batch["ids"], batch["attention"], K)
+    loss, _ = grpo_loss(logp, batch["old_logp"][:, -K:], None, advantages, mask, GRPOConfig(beta=0.0),
+                        int(mask.sum()))
+    loss.backward()
+    expected = [p - 0.1 * p.grad for p in trainable]
+    model.zero_grad()
+    grpo_update(model, torch.optim.SGD(trainable, lr=0.1), episodes, advantages, tokenizer.pad_token_id,
+                GRPOConfig(beta=0.0, max_grad_norm=1e9))
+    assert all(torch.allclose(p, e, rtol=1e-5, atol=1e-6) for p, e in zip(trainable, expected))
+    assert not all(torch.equal(p, s) for p, s in zip(trainable, start))

@@ -9,7 +9,8 @@ import eval as eval_cli  # the project's eval.py (the name shadows Python's buil
 from minisearcher import evaluation
 from minisearcher.data import write_jsonl
 from minisearcher.model import load_policy
-from minisearcher.prompts import ANSWER, END_ANSWER, END_THINK, build_baseline_prompt, build_prompt, documents_block
+from minisearcher.prompts import (ANSWER, END_ANSWER, END_THINK, PLAIN_INSTRUCTION, build_baseline_prompt, build_prompt,
+                                  documents_block)
 from minisearcher.retriever import BM25
 from minisearcher.rewards import cover_em, exact_match, f1_score
 from minisearcher.rollout import RolloutConfig
@@ -104,6 +105,23 @@ def test_rag_prompt_holds_the_retrieved_passages(tiny, toy, monkeypatch):
     for r in records:
         block = documents_block(toy[1].search([r["question"]], 2)[0], tiny[1], 40).strip()
         assert block in r["prompt"] and r["prompt"].index(block) < r["prompt"].index(r["question"])
+
+
+def test_plain_modes_ask_for_a_short_phrase_and_take_the_first_line(tiny, toy, monkeypatch):
+    (model, tokenizer), (world, retriever) = tiny, toy
+    for mode, passages in [("naive-plain", ""), ("rag-plain", "(1) ")]:
+        calls, real = [], evaluation.rollout
+        monkeypatch.setattr(evaluation, "rollout", lambda *args: calls.append(args[-1]) or real(*args))
+        metrics, records = evaluation.evaluate(model, tokenizer, retriever, world.questions[:2], mode, CONFIG,
+                                               chat=True)
+        assert calls[0].max_searches == 0 and calls[0].max_episode_tokens == evaluation.PLAIN_TOKENS == 24
+        prompt = records[0]["prompt"]
+        assert prompt.startswith("<|im_start|>user\n" + passages) and prompt.endswith("Answer:<|im_end|>\n"
+                                                                                      "<|im_start|>assistant\n")
+        assert "<think>" not in prompt and PLAIN_INSTRUCTION in prompt and all(r["tokens"] <= 24 for r in records)
+        text = "".join(t for t, by_model in records[0]["segments"] if by_model)
+        assert records[0]["prediction"] == next((line.strip() for line in text.splitlines() if line.strip()), "")
+    assert "(2) " in prompt and "(3) " not in prompt  # rag-plain: the question's top_k passages
 
 
 @pytest.fixture

@@ -2,6 +2,8 @@
 import json
 import os
 import random
+import re
+import socket
 import subprocess
 import sys
 
@@ -65,7 +67,7 @@ def run_toy(tiny_qwen_dir, toy_files, out, *extra):
     train.main(["--model", tiny_qwen_dir, "--train-data", str(toy_files / "questions.jsonl"), "--corpus",
                 str(toy_files / "corpus.jsonl"), "--sft-data", str(toy_files / "traces.jsonl"), "--out", str(out),
                 *FAST, "--sft-steps", "2", "--steps", "2", "--save-every", "1", "--beta", "0.04", "--lr", "1e-2",
-                "--stage2-reference", "stage1", *extra])
+                "--reference", "start", *extra])
 
 
 def outcome(out) -> tuple[dict, list[dict]]:
@@ -176,3 +178,61 @@ def test_bad_input_stops_before_training(tiny_qwen_dir, tmp_path, capsys):
     message = error("--model", str(tmp_path / "no-model"), "--train-data", good, "--corpus", corpus,
                     "--out", str(tmp_path / "out"))
     assert "cannot load it" in message and "local folder" in message
+
+
+def test_a_recipe_holds_the_options_and_the_command_line_wins(tmp_path, capsys):
+    args = train.parse_args(["--config", os.path.join(ROOT, "recipes", "smollm2-real.yaml")])
+    assert args.train_data == ["data/r1-searcher/hotpotqa_500.jsonl[100:]", "data/r1-searcher/2wiki_500.jsonl[100:]"]
+    assert (args.top_k, args.doc_tokens, args.sft_lr, args.stage, args.beta) == (3, 64, 4e-4, "both", 0.0)
+    args = train.parse_args(["--config", os.path.join(ROOT, "recipes", "smollm2-real.yaml"), "--top-k", "5",
+                             "--model", "Qwen/Qwen2.5-0.5B-Instruct"])
+    assert (args.top_k, args.model) == (5, "Qwen/Qwen2.5-0.5B-Instruct")
+    recipe = tmp_path / "recipe.yaml"
+    for text, message in [("lr: 1e-5\nlearning_rate: 1\n", r"'learning_rate' is not an option"),
+                          ("top_k: three\n", r"top_k: invalid int value"),
+                          ("stage: 3\n", r"stage must be one of 1, 2, both, none"),
+                          ("train_data: one.jsonl\n", r"train_data takes a list"),
+                          ("dr_grpo: 1\n", r"dr_grpo takes true or false")]:
+        recipe.write_text(text)
+        with pytest.raises(SystemExit):
+            train.parse_args(["--config", str(recipe)])
+        assert re.search(f"--config {recipe}: {message}", capsys.readouterr().err)
+
+
+def test_two_processes_make_the_update_of_one(tiny_qwen_dir, toy_files, tmp_path):
+    """torchrun, 2 processes (gloo): each takes half of every step's traces and questions, the gradients are summed
+    over the tokens of both, so the adapters equal those of one process (within float rounding)."""
+    options = ["--model", tiny_qwen_dir, "--train-data", str(toy_files / "questions.jsonl"), "--corpus",
+               str(toy_files / "corpus.jsonl"), "--sft-data", str(toy_files / "traces.jsonl"), "--sft-steps", "1",
+               "--sft-batch", "4", *FAST, "--stage", "1", "--stage1-steps", "2", "--beta", "0.04", "--lr", "1e-2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *options, "--out", str(tmp_path / "one")],
+                   check=True, capture_output=True, env=env)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port),
+                    os.path.join(ROOT, "train.py"), *options, "--out", str(tmp_path / "two")],
+                   check=True, capture_output=True, env=env)
+    one, two = (load_file(tmp_path / name / "stage1" / "adapter_model.safetensors") for name in ("one", "two"))
+    assert one.keys() == two.keys()
+    assert all(torch.allclose(one[k], two[k], rtol=1e-4, atol=1e-6) for k in one)
+    moved = load_file(tmp_path / "one" / "sft" / "adapter_model.safetensors")
+    assert any(not torch.allclose(one[k], moved[k]) for k in one)  # stage 1 did change the adapter
+    rows = [read_metrics(tmp_path / name / "metrics.jsonl") for name in ("one", "two")]
+    assert [(r["stage"], r["step"], r["tokens"]) for r in rows[0]] == [(r["stage"], r["step"], r["tokens"])
+                                                                       for r in rows[1]]
+    assert all(a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6) for a, b in zip(*rows)
+               for key in ("loss", "reward_mean", "searches_mean", "kl") if key in a)
+
+
+def test_metrics_go_to_tensorboard_as_well(tiny_qwen_dir, toy_files, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_toy(tiny_qwen_dir, toy_files, tmp_path, "--report-to", "tensorboard")
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    rows = read_metrics(tmp_path / "metrics.jsonl")
+    stage2 = [r["reward_mean"] for r in rows if r["stage"] == 2]
+    assert [e.value for e in events.Scalars("stage2/reward_mean")] == pytest.approx(stage2)
+    assert [e.step for e in events.Scalars("sft/loss")] == [0, 1]
