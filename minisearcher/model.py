@@ -29,24 +29,31 @@ def split_gguf(name: str) -> tuple[str, str | None]:
 def load_policy(name: str, *, load_in_4bit: bool | None = None, dtype: str = "auto", lora_r: int = 16,
                 lora_alpha: int = 32, adapter: str | None = None, trainable: bool = True):
     """(model, tokenizer). The model is a peft model: the reference policy is the same model with its adapter
-    disabled, so no second copy of the weights is ever held (DESIGN GRPO 4)."""
-    from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+    disabled, so no second copy of the weights is ever held (DESIGN GRPO 4).
+
+    QLoRA as the common recipes run it: the frozen weights, the activations and the KV cache stay in the compute
+    dtype (the linear layers' weights in 4-bit on top), the LoRA weights are float32 (peft keeps them so), and
+    grpo.token_logprobs takes the log-sum-exp in float32. Nothing else is upcast: peft's
+    prepare_model_for_kbit_training would make every other frozen weight float32 (the embeddings, lm_head, the
+    norms), and with it the whole residual stream and the KV cache."""
+    from peft import LoraConfig, PeftModel, get_peft_model
 
     tokenizer = load_tokenizer(name)
     folder, gguf = split_gguf(name)
+    cuda = torch.cuda.is_available()
     if load_in_4bit is None:
-        load_in_4bit = torch.cuda.is_available()
-    torch_dtype = torch.bfloat16 if dtype == "auto" else getattr(torch, dtype)
+        load_in_4bit = cuda
+    # auto: bf16 on a GPU; float32 on a CPU, where bf16 matmuls without AVX512-BF16 are emulated and slower
+    # (docs/PERFORMANCE.md, section 4)
+    torch_dtype = getattr(torch, dtype) if dtype != "auto" else torch.bfloat16 if cuda else torch.float32
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                bnb_4bit_compute_dtype=torch_dtype) if load_in_4bit else None
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch_dtype, quantization_config=quant,
-                                                 device_map="auto" if torch.cuda.is_available() else None)
+                                                 device_map="auto" if cuda else None)
     if load_in_4bit:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=trainable)
         disable_cpu_bf16_kernel(model)
-    elif trainable and torch.cuda.is_available():
-        model.gradient_checkpointing_enable()
-        model.enable_input_require_grads()
+    if trainable and cuda:  # keep each layer's input, recompute the rest of the layer in the backward
+        model.activation_checkpointing_enable()
     if adapter:
         model = PeftModel.from_pretrained(model, adapter, is_trainable=trainable)
     else:

@@ -138,8 +138,9 @@ def sft_step(model, optimizer, episodes: list[Episode], pad_id: int, micro_batch
     for start in range(0, len(episodes), micro_batch):
         batch = collate(episodes[start:start + micro_batch], pad_id, device)
         K = batch["K"]
-        logp = token_logprobs(model, batch["ids"], batch["attention"], K)  # (N, K)
-        loss = -(logp * batch["loss_mask"][:, -K:]).sum() / n_tokens
+        mask = batch["loss_mask"][:, -K:]  # (N, K)
+        logp = token_logprobs(model, batch["ids"], batch["attention"], K, mask=mask)  # (N, K), 0 where mask is 0
+        loss = -logp.sum() / n_tokens
         loss.backward()
         total += loss.item()
     stepped = optimizer_step(model, optimizer, 1.0, total)

@@ -6,7 +6,10 @@ import numpy as np
 import pytest
 import torch
 from rank_bm25 import BM25Okapi
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
+from minisearcher import grpo
 from minisearcher.data import load_corpus, load_questions
 from minisearcher.episode import Episode
 from minisearcher.grpo import (GRPOConfig, collate, group_advantages, grpo_loss, grpo_update, reference_policy,
@@ -327,6 +330,58 @@ def test_clipped_loss_by_hand():
     ref = torch.log(torch.tensor([[0.25, 0.5, 0.9]]))
     _, stats = grpo_loss(logp, logp, ref, torch.tensor([0.0]), mask, GRPOConfig(beta=0.1), 2)
     assert stats["kl"] == pytest.approx(0.5 - torch.log(torch.tensor(0.5)).item() - 1)  # k3 on the masked tokens
+
+
+class LargestTensor(TorchDispatchMode):
+    """Records the most elements of any tensor that an op returns while it is active, in the forward and backward."""
+
+    def __init__(self):
+        super().__init__()
+        self.numel = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.numel = max([self.numel] + [t.numel() for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)])
+        return out
+
+
+@pytest.mark.parametrize("lora", [False, True])  # a plain model (the demo's cold start) and a LoRA policy
+def test_chunked_logprobs_equal_full_logits_and_never_make_them(tiny_qwen_dir, monkeypatch, lora):
+    """token_logprobs reads the hidden states of the masked positions only, a chunk at a time: in float64 its
+    log-probs and their gradient equal those of plain full-vocabulary logits, and no tensor near (N, K, V) exists."""
+    from transformers import AutoModelForCausalLM
+
+    monkeypatch.setattr(grpo, "CHUNK", 7)  # chunks that straddle rows
+    torch.manual_seed(0)
+    if lora:
+        model = load_policy(tiny_qwen_dir, dtype="float64")[0]
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(p, std=0.1)  # a trained adapter (B starts at zero, so A's gradient would be 0)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(tiny_qwen_dir, dtype=torch.float64)  # tied embeddings
+    params = [p for p in model.parameters() if p.requires_grad]
+    N, T, K, temperature = 3, 70, 60, 0.7
+    ids = torch.randint(0, 5000, (N, T))
+    attention = torch.ones(N, T, dtype=torch.long)
+    attention[1, :8] = 0  # a left-padded row
+    mask = (torch.rand(N, K) < 0.5).float()  # as collate makes it
+    weights = torch.randn(N, K, dtype=torch.float64)  # a loss that weighs every position differently
+
+    with LargestTensor() as largest:
+        logp = token_logprobs(model, ids, attention, K, temperature, mask)
+        grad = torch.autograd.grad((logp * weights).sum(), params)
+
+    positions = (attention.cumsum(1) - 1).clamp(min=0)
+    logits = model(input_ids=ids, attention_mask=attention, position_ids=positions).logits  # (N, T, V)
+    logits = logits[:, -K - 1:-1].float() / temperature  # both take the log-sum-exp in float32
+    full = (logits.gather(-1, ids[:, -K:, None]).squeeze(-1) - logits.logsumexp(-1)) * mask
+    expected = torch.autograd.grad((full * weights).sum(), params)
+    assert torch.allclose(logp, full, rtol=1e-6, atol=0)
+    assert all((g - e).norm() <= 1e-6 * e.norm() for g, e in zip(grad, expected))
+    assert all(e.norm() > 0 for e in expected)
+    # nothing larger than the (V, 64) embedding matrix: all the masked positions' logits would be (90, V)
+    assert largest.numel == model.config.vocab_size * model.config.hidden_size
 
 
 def test_equal_rewards_give_zero_gradient_and_kl_starts_at_zero(searcher, world, tiny_qwen_dir):
