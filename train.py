@@ -19,12 +19,12 @@ import torch
 from tqdm import tqdm
 from transformers import set_seed
 
-from minisearcher.data import load_corpus, load_questions
+from minisearcher.data import load_questions
 from minisearcher.grpo import GRPOConfig, grpo_step
 from minisearcher.model import load_policy
-from minisearcher.options import add_model_options, add_rollout_options, at_least_0, positive, rollout_config
+from minisearcher.options import (add_model_options, add_rollout_options, at_least_0, open_retriever, positive,
+                                  rollout_config)
 from minisearcher.prompts import build_prompt, use_chat
-from minisearcher.retriever import BM25
 from minisearcher.rollout import RolloutConfig
 from minisearcher.sft import load_traces, sft_step, trace_episode
 
@@ -62,9 +62,8 @@ def parse_args(argv=None):
         p.error("--group-size must be at least 2: GRPO compares episodes within a group")
     if args.sft_steps and not args.sft_data:
         p.error("--sft-steps needs --sft-data")
-    for name in ("train_data", "corpus"):
-        if not getattr(args, name):
-            p.error(f"--{name.replace('_', '-')} is required")
+    if not args.train_data:
+        p.error("--train-data is required")
     return args
 
 
@@ -245,14 +244,14 @@ def main(argv=None):
     try:  # every input is checked before the model is loaded and any training time is spent
         questions = load_questions(args.train_data)
         traces = load_traces(args.sft_data) if args.sft_data else []
-        retriever = BM25(load_corpus(args.corpus))
+        retriever = open_retriever(args)
         check_out_dir(args, run_phases(args))
         set_seed(args.seed)  # LoRA's initial weights are drawn from it
         model, tokenizer = load_policy(args.model, load_in_4bit=args.load_in_4bit, dtype=args.dtype,
                                        lora_r=args.lora_r, adapter=args.adapter)
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
-    print(f"{len(questions)} questions, {len(retriever.passages)} passages, model {args.model}")
+    print(f"{len(questions)} questions, {retriever}, model {args.model}")
     train(args, model, tokenizer, retriever, questions, traces)
     print(f"done: {args.out}")
 
