@@ -119,12 +119,11 @@ class BM25:
         """
         N = len(self.passages)
         k = min(k, N)
-        rarest_first = sorted(set(words), key=lambda j: self.indptr[j + 1] - self.indptr[j])
-        seeds, floor = np.zeros(0, dtype=np.int64), -np.inf
-        for j in rarest_first:
-            seeds = np.union1d(seeds, self.postings(j)[0])
+        seeds, floor = np.zeros(0, dtype=np.int32), -np.inf
+        for j in sorted(set(words), key=lambda j: self.indptr[j + 1] - self.indptr[j]):  # rarest first
+            seeds = distinct(np.concatenate([seeds, self.postings(j)[0]]))
             if len(seeds) >= k:
-                floor = np.partition(self.score(words, seeds), len(seeds) - k)[len(seeds) - k]
+                floor = kth_best(self.score(words, seeds), k)
                 break
         # the most each word adds to a passage; summed in the query's order, as scores are, so that rounding cannot
         # lift a left-out passage above the bound
@@ -134,13 +133,23 @@ class BM25:
             if np.cumsum(bound[[w in left_out | {j} for w in words]])[-1] >= floor:
                 break
             left_out.add(j)
-        kept = [self.postings(j)[0] for j in set(words) - left_out]
-        candidates = np.unique(np.concatenate(kept)) if kept else np.zeros(0, dtype=np.int64)
+        candidates = distinct(np.concatenate([seeds] + [self.postings(j)[0] for j in set(words) - left_out]))
         # the passages holding no kept word score below the floor (or 0, when none is left out); the first k of them
         # stand for all, since equal scores go in corpus order
-        pool = np.union1d(candidates, np.setdiff1d(np.arange(min(N, len(candidates) + k)), candidates)[:k])
+        others = np.setdiff1d(np.arange(min(N, len(candidates) + k)), candidates, assume_unique=True)[:k]
+        pool = np.sort(np.concatenate([candidates, others]))
         scores = self.score(words, pool)
-        kth = np.partition(scores, len(pool) - k)[len(pool) - k]  # the k-th best score
+        kth = kth_best(scores, k)
         tied_or_better = np.flatnonzero(scores >= kth)  # in corpus order
         best = tied_or_better[np.argsort(-scores[tied_or_better], kind="stable")[:k]]
         return pool[best], scores[best]
+
+
+def distinct(passages: np.ndarray) -> np.ndarray:
+    """Sorted, each once: np.unique, which in numpy 2.4 hashes, and is 80 times slower on a million passages."""
+    passages = np.sort(passages)
+    return passages[np.diff(passages, prepend=-1) > 0]
+
+
+def kth_best(scores: np.ndarray, k: int) -> float:
+    return np.partition(scores, len(scores) - k)[len(scores) - k]
