@@ -2,7 +2,7 @@
 
     nice -n 10 python benchmarks/retrieval_scale.py --passages 1000000 --dir /tmp/scale       # ~15 min, ~6 GiB
     nice -n 10 python benchmarks/retrieval_scale.py --passages 2000000 --dir /tmp/scale2 --only saved
-    nice -n 10 python benchmarks/retrieval_scale.py --vocab-words 12000000 --only vocab       # a wiki-size vocabulary
+    nice -n 10 python benchmarks/retrieval_scale.py --only vocab       # loading a wiki-18-size vocabulary
 
 The corpus is benchmarks/retrieval.py's synthetic one (seeded; 82 words a passage from a 50k-word Zipf law),
 written once as JSON lines to DIR/corpus.jsonl; the 64 queries are drawn from it as there. Each retriever then runs
@@ -23,6 +23,7 @@ dependency) runs only if installed.
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -34,9 +35,10 @@ sys.path.insert(0, os.path.dirname(__file__))
 from retrieval import make_queries, synthetic_corpus  # noqa: E402
 from minisearcher.data import load_corpus, passage_text, write_jsonl  # noqa: E402
 from minisearcher.index import SavedBM25, build  # noqa: E402
-from minisearcher.retriever import BM25, tokenize  # noqa: E402
+from minisearcher.retriever import BM25, distinct, tokenize  # noqa: E402
 
 K = 3
+QUERY = re.compile(r"<\|begin_of_query\|>(.*?)<\|end_of_query\|>", re.S)
 
 
 def anonymous_mib(pid="self") -> float:
@@ -62,8 +64,8 @@ def folder_mib(folder: str, names=None) -> float:
 
 # ---- the jobs, each run in a process of its own: python retrieval_scale.py --job NAME ----------------------------
 
-def job_corpus(args):
-    passages = synthetic_corpus(args.passages)
+def job_corpus(args, queries):
+    passages = synthetic_corpus(args.passages, vocab=args.vocab)
     write_jsonl(passages, os.path.join(args.dir, "corpus.jsonl"))
     with open(os.path.join(args.dir, "queries.json"), "w") as f:
         json.dump(make_queries(passages, args.queries), f)
@@ -144,14 +146,63 @@ def job_vocab(args, queries):
             "disk": os.path.getsize(path) / 2**20}
 
 
+def every_passage(index: BM25, words: list[int], k: int) -> np.ndarray:
+    """The top-k without pruning, as BM25 searched before: every passage holding a query word scored into a dense
+    (N,) array, then the k best taken (ties in corpus order)."""
+    scores = np.zeros(len(index.passages))
+    for j in words:
+        docs, weights = index.postings(j)
+        scores[docs] += weights
+    tied_or_better = np.flatnonzero(scores >= np.partition(scores, len(scores) - k)[len(scores) - k])
+    return tied_or_better[np.argsort(-scores[tied_or_better], kind="stable")[:k]]
+
+
+def trace_queries() -> list[str]:
+    """The queries a trained R1-Searcher model wrote in its trajectories (../shared/data)."""
+    folder = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "r1-searcher", "traces")
+    queries = []
+    for name in sorted(os.listdir(folder)):
+        with open(os.path.join(folder, name)) as f:
+            for line in f:
+                trajectory = json.loads(line)["trajectory"]
+                queries += [q.strip() for q in QUERY.findall(trajectory)]
+    return queries
+
+
+def job_pruning(args, queries):
+    """What top_k's pruning saves: passages scored per query, against those holding a query word (what scoring
+    without pruning touches), and the time of both, on the synthetic index and on wiki-mini with real queries."""
+    wiki = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "wiki-mini.jsonl")
+    cases = {"synthetic": (SavedBM25(os.path.join(args.dir, "index")), queries)}
+    if os.path.exists(wiki):
+        cases["wiki-mini, model's queries"] = (BM25(load_corpus(wiki)), trace_queries())
+    out = {}
+    for name, (index, qs) in cases.items():
+        words = [index.words(q) for q in qs]
+        scored, score = [], index.score
+        index.score = lambda w, passages: scored.append(len(passages)) or score(w, passages)
+        found, pruned = timed(lambda: [index.top_k(w, K)[0] for w in words])
+        del index.score
+        holding = [len(distinct(np.concatenate([index.postings(j)[0] for j in w] + [np.zeros(0, np.int32)])))
+                   for w in words]
+        dense, every = timed(lambda: [every_passage(index, w, K) for w in words])
+        assert all(list(a) == list(b) for a, b in zip(found, dense))
+        out[name] = {"passages": len(index.passages), "queries": len(qs), "scored": sum(scored) / len(qs),
+                     "holding": float(np.mean(holding)), "pruned_ms": pruned / len(qs) * 1e3,
+                     "every_ms": every / len(qs) * 1e3}
+    return out
+
+
 JOBS = {"corpus": job_corpus, "bm25": job_bm25, "build": job_build, "saved": job_saved,
-        "sample_bm25": job_sample_bm25, "rank_bm25": job_rank_bm25, "bm25s": job_bm25s, "vocab": job_vocab}
+        "sample_bm25": job_sample_bm25, "rank_bm25": job_rank_bm25, "bm25s": job_bm25s, "vocab": job_vocab,
+        "pruning": job_pruning}
 
 
 def run(name: str, args) -> dict:
     """Run one job in a child process; add its peak anonymous memory, polled every 20 ms."""
     argv = [sys.executable, __file__, "--job", name, "--dir", args.dir, "--passages", str(args.passages),
-            "--sample", str(args.sample), "--queries", str(args.queries), "--vocab-words", str(args.vocab_words)]
+            "--sample", str(args.sample), "--queries", str(args.queries), "--vocab-words", str(args.vocab_words),
+            "--vocab", str(args.vocab)]
     child, peak = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True), 0.0
     while child.poll() is None:
         try:
@@ -175,12 +226,15 @@ def same(a: list[list[str]], b: list[list[str]]) -> tuple[int, int]:
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--passages", type=int, default=1_000_000)
+    p.add_argument("--vocab", type=int, default=50_000,
+                   help="distinct words of the synthetic law: 50k as in retrieval.py; ~1.5M for 1M passages by Heaps' "
+                        "law on wiki-mini, so that queries hold rare words as real ones do")
     p.add_argument("--sample", type=int, default=100_000, help="passages that rank_bm25 and bm25s index")
     p.add_argument("--queries", type=int, default=64)
     p.add_argument("--dir", default="/tmp/retrieval-scale", help="corpus, index and results go here")
-    p.add_argument("--only", nargs="+", choices=["bm25", "saved", "sample", "vocab"],
+    p.add_argument("--only", nargs="+", choices=["bm25", "saved", "sample", "vocab", "pruning"],
                    default=["bm25", "saved", "sample"])
-    p.add_argument("--vocab-words", type=int, default=12_000_000)
+    p.add_argument("--vocab-words", type=int, default=15_000_000, help="wiki-18's, by Heaps' law on wiki-mini")
     p.add_argument("--job", choices=JOBS, help=argparse.SUPPRESS)
     args = p.parse_args()
     os.makedirs(args.dir, exist_ok=True)
@@ -189,7 +243,7 @@ def main():
         if args.job not in ("corpus", "vocab"):
             with open(os.path.join(args.dir, "queries.json")) as f:
                 queries = json.load(f)
-        print(json.dumps(JOBS[args.job](args) if queries is None else JOBS[args.job](args, queries)))
+        print(json.dumps(JOBS[args.job](args, queries)))
         return
 
     if "vocab" in args.only:
@@ -199,8 +253,8 @@ def main():
     if not os.path.exists(os.path.join(args.dir, "corpus.jsonl")):
         run("corpus", args)
     corpus_mib = os.path.getsize(os.path.join(args.dir, "corpus.jsonl")) / 2**20
-    print(f"corpus: {args.passages:,} synthetic passages, {corpus_mib:,.0f} MiB of JSON lines; {args.queries} queries,"
-          f" top-{K}")
+    print(f"corpus: {args.passages:,} synthetic passages ({args.vocab:,}-word law), {corpus_mib:,.0f} MiB of JSON "
+          f"lines; {args.queries} queries, top-{K}")
     results = {}
     if "bm25" in args.only:
         results["bm25"] = run("bm25", args)
@@ -208,6 +262,8 @@ def main():
         if not os.path.exists(os.path.join(args.dir, "index")):
             results["build"] = run("build", args)
         results["saved"] = run("saved", args)
+    if "pruning" in args.only:
+        results["pruning"] = run("pruning", args)
     if "sample" in args.only:
         for name in ("sample_bm25", "rank_bm25", "bm25s"):
             if name != "bm25s" or __import__("importlib").util.find_spec("bm25s"):

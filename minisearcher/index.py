@@ -51,11 +51,13 @@ def build(corpus: str, out: str, shard: int = SHARD, chunk: int = CHUNK, k1: flo
     os.makedirs(tmp)
     try:
         vocab, doc_len, starts = read_passages(corpus, tmp, shard)
-        sort_pairs(tmp, len(vocab), doc_len, starts, chunk, k1, b, epsilon)
         with open(os.path.join(tmp, "vocab.json"), "w") as f:
             json.dump(list(vocab), f)
+        V = len(vocab)
+        del vocab  # gigabytes for a Wikipedia: not held through pass 2
+        sort_pairs(tmp, V, doc_len, starts, chunk, k1, b, epsilon)
         with open(os.path.join(tmp, "meta.json"), "w") as f:
-            json.dump({"passages": len(doc_len), "words": len(vocab), "pairs": starts[-1], "k1": k1, "b": b,
+            json.dump({"passages": len(doc_len), "words": V, "pairs": starts[-1], "k1": k1, "b": b,
                        "epsilon": epsilon, "corpus": os.path.abspath(corpus)}, f, indent=2)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

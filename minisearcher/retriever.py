@@ -7,7 +7,8 @@ passages that share one of its words, and of a very common word's passages only 
 (`BM25.top_k`). minisearcher/index.py writes the same arrays to disk for corpora of millions of passages.
 
 Tokenisation: lower-case, then every run of letters, digits or underscores (`\\w+`) is a word. No stemming, no
-stop-word list (BM25's idf already makes "the" worth almost nothing).
+stop-word list, as in rank_bm25, whose idf gives every word in over half the passages ("the", "of") the same floor:
+epsilon times the mean idf, on wiki-mini about half a typical word's weight and more than "film" gets (in 20%).
 """
 import re
 
