@@ -35,8 +35,8 @@ from tqdm import tqdm
 from .data import iter_corpus
 from .retriever import BM25, idf, pairs, weight, word_ids
 
-SHARD = 100_000  # passages per shard in pass 1: its words as int64 arrays, ~100 MB
-CHUNK = 16_000_000  # (word, passage) pairs per range of words in pass 2: ~600 MB of arrays at once
+SHARD = 100_000  # passages per shard in pass 1: a few hundred MB of arrays while its pairs are sorted
+CHUNK = 16_000_000  # (word, passage) pairs per range of words in pass 2: the build peaks at ~0.7 GB (and the vocab)
 ARRAYS = ["indptr", "doc", "weight", "best", "offsets"]
 TRIPLE = np.dtype([("word", np.int32), ("doc", np.int32), ("tf", np.int32)])  # one (word, passage) pair of pass 1
 
@@ -54,7 +54,7 @@ def build(corpus: str, out: str, shard: int = SHARD, chunk: int = CHUNK, k1: flo
         with open(os.path.join(tmp, "vocab.json"), "w") as f:
             json.dump(list(vocab), f)
         V = len(vocab)
-        del vocab  # gigabytes for a Wikipedia: not held through pass 2
+        del vocab  # ~2 GB for wiki-18's ~15M words: not held through pass 2
         sort_pairs(tmp, V, doc_len, starts, chunk, k1, b, epsilon)
         with open(os.path.join(tmp, "meta.json"), "w") as f:
             json.dump({"passages": len(doc_len), "words": V, "pairs": starts[-1], "k1": k1, "b": b,
@@ -109,18 +109,20 @@ def sort_pairs(folder: str, V: int, doc_len: np.ndarray, starts: list[int], chun
     doc = np.lib.format.open_memmap(os.path.join(folder, "doc.npy"), "w+", np.int32, (P,))
     weights = np.lib.format.open_memmap(os.path.join(folder, "weight.npy"), "w+", np.float64, (P,))
     best = np.empty(V)
+    bounds = [0]  # ranges of words, about `chunk` pairs each: range r is words bounds[r] to bounds[r+1] - 1
+    while bounds[-1] < V:
+        bounds.append(max(bounds[-1] + 1, np.searchsorted(indptr, indptr[bounds[-1]] + chunk, side="right") - 1))
+    # where each range starts in each shard: one search of the shard's (contiguous) words, not one per range
+    cuts = [np.searchsorted(np.ascontiguousarray(shard["word"]), bounds) for shard in shards]
     with tqdm(total=P, unit=" pairs", unit_scale=True, desc="pass 2 of 2: sort") as bar:
-        lo = 0
-        while lo < V:
-            hi = max(lo + 1, np.searchsorted(indptr, indptr[lo] + chunk, side="right") - 1)  # ~chunk pairs
-            # words lo..hi-1: one slice of each shard; a stable sort by word keeps each word's passages ascending
-            part = np.concatenate([shard[slice(*np.searchsorted(shard["word"], [lo, hi]))] for shard in shards])
+        for r, (lo, hi) in enumerate(zip(bounds, bounds[1:])):
+            # a stable sort by word keeps each word's passages ascending: the shards are in corpus order
+            part = np.concatenate([shard[cut[r]:cut[r + 1]] for shard, cut in zip(shards, cuts)])
             part = part[np.argsort(part["word"], kind="stable")]
             doc[indptr[lo]:indptr[hi]] = part["doc"]
             weights[indptr[lo]:indptr[hi]] = weight(idfs[part["word"]], part["tf"], doc_len[part["doc"]], avgdl, k1, b)
             best[lo:hi] = np.maximum.reduceat(weights[indptr[lo]:indptr[hi]], indptr[lo:hi] - indptr[lo])
             bar.update(len(part))
-            lo = hi
     doc.flush()
     weights.flush()
     np.save(os.path.join(folder, "indptr.npy"), indptr)
