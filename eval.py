@@ -15,12 +15,11 @@ import time
 
 import torch
 
-from minisearcher.data import load_corpus, load_questions
+from minisearcher.data import load_questions
 from minisearcher.evaluation import MODES, evaluate
 from minisearcher.model import load_policy
-from minisearcher.options import add_model_options, add_rollout_options, positive, rollout_config
+from minisearcher.options import add_model_options, add_rollout_options, open_retriever, positive, rollout_config
 from minisearcher.prompts import use_chat
-from minisearcher.retriever import BM25
 from minisearcher.rollout import RolloutConfig
 
 COLUMNS = ["n", "em", "f1", "cover_em", "answered", "format_ok", "searches_mean", "tokens_mean"]
@@ -39,10 +38,7 @@ def parse_args(argv=None):
                    help="answer normalisation: paper (R1-Searcher's scorer: punctuation becomes a space) or squad "
                         "(punctuation deleted)")
     p.add_argument("--json", help="write the metrics here, and the predictions beside it")
-    args = p.parse_args(argv)
-    if not args.corpus:
-        p.error("--corpus is required")
-    return args
+    return p.parse_args(argv)
 
 
 def main(argv=None):
@@ -52,7 +48,7 @@ def main(argv=None):
                 for source in args.data}
         if len(sets) < len(args.data):
             raise ValueError("two --data sets have the same name; their results would overwrite each other")
-        retriever = BM25(load_corpus(args.corpus))
+        retriever = open_retriever(args)
         if args.adapter and not os.path.isdir(args.adapter):
             raise ValueError(f"--adapter {args.adapter}: no such folder")
         if args.json:
@@ -64,7 +60,7 @@ def main(argv=None):
         model = model.merge_and_unload()
     chat = use_chat(tokenizer, args.prompt)
     cfg = rollout_config(args, temperature=0.0)
-    print(f"{len(retriever.passages)} passages, model {args.model}, mode {args.mode}")
+    print(f"{retriever}, model {args.model}, mode {args.mode}")
 
     results = {}
     for name, questions in sets.items():

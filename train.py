@@ -21,13 +21,12 @@ import torch.distributed as dist
 from tqdm import tqdm
 from transformers import set_seed
 
-from minisearcher.data import load_corpus, load_questions
+from minisearcher.data import load_questions
 from minisearcher.grpo import GRPOConfig, all_sum, grpo_step
 from minisearcher.model import load_policy, load_tokenizer
-from minisearcher.options import (add_model_options, add_rollout_options, at_least_0, parse_with_recipe, positive,
-                                  rollout_config)
+from minisearcher.options import (add_model_options, add_rollout_options, at_least_0, open_retriever,
+                                  parse_with_recipe, positive, rollout_config)
 from minisearcher.prompts import build_prompt, use_chat
-from minisearcher.retriever import BM25
 from minisearcher.rollout import RolloutConfig
 from minisearcher.runs import (ADAPTERS, PHASES, adapter_weights, check_out_dir, keep_metrics_before, load_checkpoint,
                                reporter, run_phases, save_atomically, save_checkpoint, start_run, trainable_weights)
@@ -79,9 +78,8 @@ def parse_args(argv=None):
         p.error("--sft-steps needs --sft-data")
     if not run_phases(args):
         p.error("nothing to run: --stage none and no --sft-steps")
-    for name in ("train_data", "corpus"):
-        if not getattr(args, name):
-            p.error(f"--{name.replace('_', '-')} is required")
+    if not args.train_data:
+        p.error("--train-data is required")
     return args
 
 
@@ -191,7 +189,7 @@ def main(argv=None):
     try:  # every input is checked before the model is loaded and any training time is spent
         exclude = {q["question"] for source in args.exclude for q in load_questions(source)}
         questions = [q for source in args.train_data for q in load_questions(source) if q["question"] not in exclude]
-        retriever = BM25(load_corpus(args.corpus))
+        retriever = open_retriever(args)
         traces, skipped = [], Counter()
         if args.sft_steps:
             tokenizer, cfg = load_tokenizer(args.model), rollout_config(args, args.temperature)
@@ -215,8 +213,7 @@ def main(argv=None):
                                        lora_r=args.lora_r, adapter=args.adapter)
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
-    print(f"{len(questions)} questions ({len(exclude)} excluded), {len(retriever.passages)} passages, "
-          f"model {args.model}")
+    print(f"{len(questions)} questions ({len(exclude)} excluded), {retriever}, model {args.model}")
     train(args, model, tokenizer, retriever, questions, traces)
     print(f"done: {args.out}")
 

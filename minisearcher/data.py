@@ -4,10 +4,10 @@ import os
 import re
 
 
-def read_jsonl(path: str) -> list[tuple[int, dict]]:
+def iter_jsonl(path: str):
+    """(line number, row) of each non-blank line, read as it goes: a corpus of millions is never held at once."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such file")
-    rows = []
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
@@ -18,7 +18,11 @@ def read_jsonl(path: str) -> list[tuple[int, dict]]:
                 raise ValueError(f"{path}:{n}: not valid JSON ({e.msg})") from None
             if not isinstance(row, dict):
                 raise ValueError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
-            rows.append((n, row))
+            yield n, row
+
+
+def read_jsonl(path: str) -> list[tuple[int, dict]]:
+    rows = list(iter_jsonl(path))
     if not rows:
         raise ValueError(f"{path}: the file is empty")
     return rows
@@ -85,15 +89,26 @@ def write_jsonl(rows: list[dict], path: str) -> None:
         f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
 
 
-def load_corpus(path: str) -> list[dict]:
-    """Passages {"id", "title", "text"}. Rows with a single "contents" field ('"Title"\\ntext', the format of
-    R1-Searcher's and FlashRAG's Wikipedia dumps) are split into title and text."""
-    passages = []
-    for n, row in read_jsonl(path):
+def split_contents(contents: str) -> tuple[str, str]:
+    """Title and text of '"Title"\\ntext', the one field of the Wikipedia dumps of R1-Searcher, FlashRAG and
+    Search-R1."""
+    title, _, text = contents.partition("\n")
+    return title.strip('"'), text
+
+
+def iter_corpus(path: str):
+    """Passages {"id", "title", "text"}, one at a time; a row with a single "contents" field is split."""
+    for n, row in iter_jsonl(path):
         if "contents" in row and "text" not in row:
-            title, _, text = str(row["contents"]).partition("\n")
-            row = {"id": row.get("id", str(n)), "title": title.strip('"'), "text": text}
+            title, text = split_contents(str(row["contents"]))
+            row = {"id": row.get("id", str(n)), "title": title, "text": text}
         if not isinstance(row.get("text"), str) or not row["text"].strip():
             raise ValueError(f"{path}:{n}: missing 'text' (or 'contents')")
-        passages.append({"id": str(row.get("id", n)), "title": str(row.get("title", "")), "text": row["text"]})
+        yield {"id": str(row.get("id", n)), "title": str(row.get("title", "")), "text": row["text"]}
+
+
+def load_corpus(path: str) -> list[dict]:
+    passages = list(iter_corpus(path))
+    if not passages:
+        raise ValueError(f"{path}: the file is empty")
     return passages

@@ -1,7 +1,11 @@
 """The command-line options that train.py and eval.py share, and recipe files (--config) that hold options."""
 import argparse
 
+from .data import load_corpus
+from .index import SavedBM25
+from .retriever import BM25
 from .rollout import RolloutConfig
+from .serve import HTTPRetriever
 
 
 def positive(kind):
@@ -27,8 +31,26 @@ def add_model_options(p: argparse.ArgumentParser):
     p.add_argument("--adapter", help="a peft adapter folder written by train.py (e.g. OUT/stage1)")
     p.add_argument("--prompt", choices=["auto", "base", "chat"], default="auto",
                    help="prompt template; auto: chat if the tokenizer has a chat template")
-    p.add_argument("--corpus", help="JSON lines of passages: id, title, text (or contents)")
+    p.add_argument("--retriever", default="bm25",
+                   help="bm25: BM25 over --corpus, built at start; a folder: an index built by python -m "
+                        "minisearcher.index; http://host:port: a retrieval server (python -m minisearcher.serve, or "
+                        "Search-R1's)")
+    p.add_argument("--corpus", help="JSON lines of passages for --retriever bm25: id, title, text (or contents)")
     p.add_argument("--dtype", choices=["auto", "bfloat16", "float16", "float32"], default="auto")
+
+
+def open_retriever(args):
+    """The retriever that --retriever names: anything with search(queries, k) -> a list of passages per query.
+    Opening it checks it (the corpus read, the index whole, the server answering): a ValueError says what is wrong."""
+    if args.retriever == "bm25":
+        if not args.corpus:
+            raise ValueError("--retriever bm25 needs --corpus, JSON lines of passages")
+        return BM25(load_corpus(args.corpus))
+    if args.corpus:
+        raise ValueError(f"--corpus is read by --retriever bm25 only; --retriever {args.retriever} has its passages")
+    if args.retriever.startswith(("http://", "https://")):
+        return HTTPRetriever(args.retriever)
+    return SavedBM25(args.retriever)
 
 
 def add_rollout_options(p: argparse.ArgumentParser, defaults: RolloutConfig):
