@@ -9,11 +9,13 @@ from .serve import HTTPRetriever
 
 
 def positive(kind):
+    """An argparse type: a number of `kind` above 0 (named after kind: argparse's error reads 'invalid int value')."""
     def parse(text):
         value = kind(text)
         if value <= 0:
             raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
         return value
+    parse.__name__ = kind.__name__
     return parse
 
 
@@ -23,6 +25,7 @@ def at_least_0(kind):
         if value < 0:
             raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
         return value
+    parse.__name__ = kind.__name__
     return parse
 
 
@@ -110,7 +113,7 @@ def recipe_options(p: argparse.ArgumentParser, path: str) -> dict:
         try:
             values = [action.type(str(v)) if action.type else str(v) for v in (value if many else [value])]
         except (ValueError, argparse.ArgumentTypeError) as e:
-            p.error(f"--config {path}: {key}: {e}")
+            p.error(f"--config {path}: {key}: invalid {getattr(action.type, '__name__', 'option')} value {value!r} ({e})")
         if action.choices and any(v not in action.choices for v in values):
             p.error(f"--config {path}: {key} must be one of {', '.join(map(str, action.choices))}, got {value!r}")
         options[action.dest] = values if many else values[0]

@@ -109,8 +109,9 @@ def test_rag_prompt_holds_the_retrieved_passages(tiny, toy, monkeypatch):
 
 def test_plain_modes_ask_for_a_short_phrase_and_take_the_first_line(tiny, toy, monkeypatch):
     (model, tokenizer), (world, retriever) = tiny, toy
+    real = evaluation.rollout
     for mode, passages in [("naive-plain", ""), ("rag-plain", "(1) ")]:
-        calls, real = [], evaluation.rollout
+        calls = []
         monkeypatch.setattr(evaluation, "rollout", lambda *args: calls.append(args[-1]) or real(*args))
         metrics, records = evaluation.evaluate(model, tokenizer, retriever, world.questions[:2], mode, CONFIG,
                                                chat=True)

@@ -216,7 +216,10 @@ def test_two_processes_make_the_update_of_one(tiny_qwen_dir, toy_files, tmp_path
                    check=True, capture_output=True, env=env)
     one, two = (load_file(tmp_path / name / "stage1" / "adapter_model.safetensors") for name in ("one", "two"))
     assert one.keys() == two.keys()
-    assert all(torch.allclose(one[k], two[k], rtol=1e-4, atol=1e-6) for k in one)
+    # Sums over other partitions of the tokens round differently, and Adam divides by the gradients' own size: the
+    # adapters differ by ~1e-5 where one step moves a weight by up to lr (1e-2); a process without the all-reduce would
+    # differ by a whole step.
+    assert all(torch.allclose(one[k], two[k], rtol=1e-3, atol=1e-4) for k in one)
     moved = load_file(tmp_path / "one" / "sft" / "adapter_model.safetensors")
     assert any(not torch.allclose(one[k], moved[k]) for k in one)  # stage 1 did change the adapter
     rows = [read_metrics(tmp_path / name / "metrics.jsonl") for name in ("one", "two")]
