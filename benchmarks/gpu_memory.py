@@ -1,27 +1,35 @@
-"""Peak memory and seconds per GRPO step for the Qwen2.5 shapes, loaded the way train.py loads them (4-bit + LoRA).
+"""Peak memory and seconds of a GRPO step for the Qwen2.5 shapes, loaded the way train.py loads them.
 
-    python benchmarks/gpu_memory.py --sizes 0.5B 1.5B 3B 7B      # on a CUDA GPU
+    python benchmarks/gpu_memory.py --sizes 0.5B 1.5B 3B 7B      # on a CUDA GPU: NF4 4-bit + LoRA, bf16
     python benchmarks/gpu_memory.py --sizes 7B --micro-batch 2    # the update's micro-batch (train.py --micro-batch)
-    python benchmarks/gpu_memory.py --tiny                        # CPU check of the harness: tiny model, bf16
     python benchmarks/gpu_memory.py --estimate                    # no GPU: what reading the code predicts
+    python benchmarks/gpu_memory.py --sizes 0.5B --questions 1 --against 085be9a   # a CPU, before and after
+    python benchmarks/gpu_memory.py --tiny                        # CPU check of the harness: tiny model
 
 Each model has the exact Qwen2.5 shape but random weights (no download): it is built, saved with save_pretrained
 into a temporary folder and loaded back through minisearcher.model.load_policy, so it goes through the same path as
-a real checkpoint: NF4 4-bit with double quantisation and bf16 compute, peft's prepare_model_for_kbit_training
-(gradient checkpointing), LoRA r=16 on every linear layer.
+a real checkpoint (on a GPU: NF4 4-bit with double quantisation, bf16 compute, gradient checkpointing, LoRA r=16 on
+every linear layer; on a CPU: --dtype, and gradient checkpointing as on a GPU unless --no-checkpointing).
+`--against REV` measures minisearcher/model.py and grpo.py as they were at commit REV too.
 
 The update runs on synthetic episodes: Q questions x G episodes, each a prompt of --prompt-tokens random ids and a
 response of --response-tokens ids shaped like a two-search episode (sampled / documents / sampled / documents /
 sampled, loss_mask 0 on the documents), old log-probs of a random model (-ln V) and random rewards. Token values do
-not change memory or time; sequence lengths and the mask do. Before the update it also times one rollout of the
-same batch (--no-rollout skips it): a random model never pauses, so this is plain generation through the rollout loop
-up to the full episode budget, the KV cache of episodes without searches (searches add padding holes to it).
+not change memory or time; sequence lengths and the mask do. The rollout is timed on the same number of episodes:
+a random model never pauses, so this is plain generation through the rollout loop up to the full episode budget,
+the KV cache of episodes without searches (searches add padding holes to it).
+
+Every measurement (one size, one version of the code, the rollout or the update) runs in a fresh process that loads
+the saved model: memory a process has freed may stay resident, and so count in a later peak. "above weights" is
+the peak minus what was in use once the model was loaded: on a GPU the allocator's, on a CPU the resident set
+(VmRSS; the peak VmHWM is reset before the measured part through /proc/self/clear_refs).
 """
 import argparse
+import json
 import math
 import os
-import resource
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -29,12 +37,12 @@ import time
 import torch
 from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from common import qwen_tokenizer_dir  # noqa: E402
-from minisearcher.grpo import GRPOConfig, group_advantages, grpo_update  # noqa: E402
-from minisearcher.model import load_policy  # noqa: E402
-from minisearcher.retriever import BM25  # noqa: E402
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.join(HERE, "..")]
+from common import module_from_git, qwen_tokenizer_dir  # noqa: E402
+from minisearcher import grpo, model as model_py  # noqa: E402
 from minisearcher.episode import Episode  # noqa: E402
+from minisearcher.retriever import BM25  # noqa: E402
 from minisearcher.rollout import RolloutConfig, rollout  # noqa: E402
 
 VOCAB = 151936
@@ -51,7 +59,8 @@ SHAPES = {
     "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, tie_word_embeddings=True),
 }
-TARGET_GIB = {"3B": 16, "7B": 24}
+TARGET_GIB = {"0.5B": 4, "3B": 10, "7B": 16}  # a whole GRPO step, rollout included, 8 x 8 episodes
+BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
 def save_random_model(size: str, folder: str, tokenizer, device: str):
@@ -65,6 +74,8 @@ def save_random_model(size: str, folder: str, tokenizer, device: str):
     tokenizer.save_pretrained(folder)
     n = sum(p.numel() for p in model.parameters())
     del model
+    if device == "cuda":
+        torch.cuda.empty_cache()  # the measurements run in other processes, which need that memory
     return n
 
 
@@ -85,33 +96,49 @@ def synthetic_episodes(n: int, prompt_tokens: int, response_tokens: int) -> list
     return episodes
 
 
+# Bytes per token, per unit of (hidden, MLP, key/value width), that one decoder layer with LoRA r=16 keeps for its
+# backward, by compute dtype: counted with torch.autograd.graph.saved_tensors_hooks on one Qwen2 layer. In bf16
+# the norms work on float32 copies and peft casts each LoRA layer's input to float32: more hidden-wide tensors.
+SAVED = {4: (20, 16, 16), 2: (36, 10, 10)}
+
+
 def estimate_gib(size: str, args) -> dict:
-    """What reading the code predicts on the 4-bit path (docs/PERFORMANCE.md explains each term). peft's
-    prepare_model_for_kbit_training upcasts every frozen non-4-bit weight (embeddings, lm_head, norms) to float32,
-    so the residual stream, the KV cache and the logits are float32 too."""
+    """What reading the code predicts, in GiB (docs/PERFORMANCE.md, section 4, explains each term): the weights,
+    what the update adds to them, and what the rollout adds. The frozen weights, activations and KV cache are in the
+    compute dtype (b bytes a value); LoRA weights, their gradients and AdamW's moments in float32."""
     c = SHAPES[size]
     H, I, L, V = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"], VOCAB
     kv = H // c["num_attention_heads"] * c["num_key_value_heads"]  # width of k_proj and v_proj
-    linear = L * (2 * H * H + 2 * H * kv + 3 * H * I)  # q, o; k, v; gate, up, down: the 4-bit weights
+    b = BYTES[args.dtype]
+    linear = L * (2 * H * H + 2 * H * kv + 3 * H * I)  # q, o; k, v; gate, up, down
     lora = 16 * L * (2 * (H + H) + 2 * (H + kv) + 3 * (H + I))  # r=16 on each of them
-    embed = V * H * (1 if c["tie_word_embeddings"] else 2)
-    mb, T, K = args.micro_batch, args.prompt_tokens + args.response_tokens, args.response_tokens
-    terms = {"4-bit linears": linear * 4.127 / 8,  # NF4 plus double-quantised block scales
-             "fp32 embed/head": embed * 4,
-             "LoRA+grad+Adam": lora * 16,
-             "checkpoints": mb * T * H * 4 * L,  # each layer's float32 input, kept for the backward
-             "1 layer recomputed": mb * T * (3 * I + 8 * H) * 4,
-             # the policy pass keeps its (mb, K+1, V) float32 logits for backward while the reference pass makes
-             # its own logits and a logsumexp temporary of the same size
-             "logits": 3 * mb * (K + 1) * V * 4}
-    terms = {k: v / 2**30 for k, v in terms.items()}
+    tokens = args.micro_batch * (args.prompt_tokens + args.response_tokens)  # in one forward of the update
     rows = args.questions * args.group
-    terms["rollout KV cache"] = rows * T * L * 2 * kv * 4 / 2**30  # float32; a lower bound (no padding holes)
-    return terms
+    per_layer = tokens * (SAVED[b][0] * H + SAVED[b][1] * I + SAVED[b][2] * kv)
+    weights = {"linear weights": linear * (4.127 / 8 if args.load_in_4bit else b),  # NF4 + double-quantised scales
+               "embeddings (+ lm_head)": V * H * (1 if c["tie_word_embeddings"] else 2) * b,
+               "LoRA weights": lora * 4}
+    update = {"LoRA grads + AdamW": lora * 12,
+              # with gradient checkpointing each layer keeps only its input, and one layer at a time is recomputed
+              "kept layer inputs": tokens * H * b * L if args.checkpointing else 0,
+              "layers' activations": per_layer * (1 if args.checkpointing else L),
+              # then, one after the other, each chunk of the vocabulary head: its float32 logits, recomputed
+              "logits (one chunk)": 5 * grpo.CHUNK * V * 4}
+    rollout = {"KV cache": rows * (args.prompt_tokens + args.response_tokens) * L * 2 * kv * b,  # no padding holes
+               "sampling logits": 4 * rows * V * 4}
+    gib = lambda terms: {k: v / 2**30 for k, v in terms.items()}
+    return {"weights": gib(weights), "update": gib(update), "rollout": gib(rollout)}
+
+
+def above_weights(estimate: dict) -> tuple[float, float]:
+    """(update, rollout): the peaks above the weights. A layer's backward and a chunk's come one after the other."""
+    u = estimate["update"]
+    return (u["LoRA grads + AdamW"] + u["kept layer inputs"] + max(u["layers' activations"], u["logits (one chunk)"]),
+            sum(estimate["rollout"].values()))
 
 
 class Memory:
-    """Peak memory: the CUDA allocator's peak on a GPU, the process's peak resident set on a CPU."""
+    """Memory in use and its peak since reset(): the CUDA allocator's on a GPU, the resident set on a CPU."""
 
     def __init__(self, cuda: bool):
         self.cuda = cuda
@@ -121,133 +148,158 @@ class Memory:
             torch.cuda.synchronize()
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
+        else:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # resets VmHWM to the current resident set (Linux)
 
     def now_gib(self) -> float:
-        if self.cuda:
-            return torch.cuda.memory_allocated() / 2**30
-        return float("nan")  # a process's resident set cannot be split into weights and the rest
+        return torch.cuda.memory_allocated() / 2**30 if self.cuda else self.status("VmRSS")
 
     def peak_gib(self) -> float:
         if self.cuda:
             torch.cuda.synchronize()
             return torch.cuda.max_memory_allocated() / 2**30
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+        return self.status("VmHWM")
+
+    @staticmethod
+    def status(field: str) -> float:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith(field + ":")) / 2**20  # kB
 
 
-def run(size: str, args, tokenizer, memory: Memory) -> dict:
-    device = "cuda" if memory.cuda else "cpu"
-    folder = tempfile.mkdtemp(prefix=f"qwen-{size}-")
-    try:
-        n_params = save_random_model(size, folder, tokenizer, device)
-        memory.reset()
-        model, tok = load_policy(folder, load_in_4bit=args.load_in_4bit, dtype="bfloat16")
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-    weights = memory.now_gib()
+def measure(args) -> dict:
+    """One measurement, in this process: --phase (rollout or update) of the code at --rev on the model in --folder."""
+    cuda = torch.cuda.is_available()
+    code_model, code_grpo = (model_py, grpo) if args.rev == "now" else \
+        (module_from_git(args.rev, "model"), module_from_git(args.rev, "grpo"))
+    memory = Memory(cuda)
+    model, tok = code_model.load_policy(args.folder, load_in_4bit=args.load_in_4bit, dtype=args.dtype)
+    base = model.get_base_model()
+    if args.checkpointing and not base.is_gradient_checkpointing:
+        base.activation_checkpointing_enable()
     fp32 = sum(p.numel() * 4 for p in model.parameters() if p.dtype == torch.float32 and not p.requires_grad)
-    row = {"size": size, "params": n_params, "weights_gib": weights, "fp32_gib": fp32 / 2**30}
-
+    row = {"weights_gib": memory.now_gib(), "fp32_gib": fp32 / 2**30}
     n = args.questions * args.group
-    if args.rollout:  # the rollout's peak: weights + the KV cache of n episodes at the full episode budget
-        memory.reset()
+    memory.reset()
+    start = time.perf_counter()
+    if args.phase == "rollout":  # weights + the KV cache of n episodes at the full episode budget
         model.eval()
         cfg = RolloutConfig(max_turn_tokens=args.response_tokens, max_episode_tokens=args.response_tokens)
         prompt = tok.decode(synthetic_episodes(1, args.prompt_tokens, 0)[0].prompt_ids)
-        start = time.perf_counter()
         rollout(model, tok, BM25([{"title": "", "text": "unused"}]), [prompt] * n, cfg)
-        memory.peak_gib()  # synchronises the GPU before the clock stops
-        row["rollout_s"] = time.perf_counter() - start
-        row["rollout_peak_gib"] = memory.peak_gib()
+    else:
+        episodes = synthetic_episodes(n, args.prompt_tokens, args.response_tokens)
+        rewards = torch.rand(args.questions, args.group, generator=torch.Generator().manual_seed(0))
+        advantages = grpo.group_advantages(rewards).flatten()
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+        model.train()
+        for _ in range(args.steps):  # the last step is timed: the first pays for allocator warm-up on a GPU
+            start = time.perf_counter()
+            code_grpo.grpo_update(model, optimizer, episodes, advantages, tok.pad_token_id,
+                                  grpo.GRPOConfig(micro_batch=args.micro_batch))
+    peak = memory.peak_gib()  # synchronises the GPU before the clock stops
+    return {**row, "seconds": time.perf_counter() - start, "peak_gib": peak, "above_gib": peak - row["weights_gib"]}
 
-    episodes = synthetic_episodes(n, args.prompt_tokens, args.response_tokens)
-    rewards = torch.rand(args.questions, args.group, generator=torch.Generator().manual_seed(0))
-    advantages = group_advantages(rewards).flatten()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
-    config = GRPOConfig(micro_batch=args.micro_batch)
-    memory.reset()
-    model.train()
-    times = []
-    for _ in range(args.steps):
-        start = time.perf_counter()
-        grpo_update(model, optimizer, episodes, advantages, tok.pad_token_id, config)
-        memory.peak_gib()  # synchronises the GPU before the clock stops
-        times.append(time.perf_counter() - start)
-    row["step_s"] = times[-1]  # the first step also pays for allocator warm-up and kernel selection
-    row["update_peak_gib"] = memory.peak_gib()
-    del model, optimizer
-    return row
+
+def run_fresh(args, folder: str, rev: str, phase: str) -> dict:
+    """measure() in a fresh Python process, with this run's settings."""
+    command = [sys.executable, os.path.abspath(__file__), "--folder", folder, "--rev", rev, "--phase", phase,
+               "--questions", str(args.questions), "--group", str(args.group), "--steps", str(args.steps),
+               "--prompt-tokens", str(args.prompt_tokens), "--response-tokens", str(args.response_tokens),
+               "--micro-batch", str(args.micro_batch), "--dtype", args.dtype,
+               "--load-in-4bit" if args.load_in_4bit else "--no-load-in-4bit",
+               "--checkpointing" if args.checkpointing else "--no-checkpointing"]
+    out = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--sizes", nargs="+", default=["0.5B", "1.5B", "3B", "7B"], choices=list(SHAPES))
     p.add_argument("--tiny", action="store_true",
-                   help="check the harness on a CPU: the tiny shape, bf16 without 4-bit, a small batch")
+                   help="check the harness on a CPU: the tiny shape, a small batch")
     p.add_argument("--questions", type=int, default=8)
     p.add_argument("--group", type=int, default=8)
     p.add_argument("--prompt-tokens", type=int, default=256)
     p.add_argument("--response-tokens", type=int, default=1024, help="as RolloutConfig.max_episode_tokens")
     p.add_argument("--micro-batch", type=int, default=4, help="GRPOConfig.micro_batch (train.py --micro-batch)")
     p.add_argument("--steps", type=int, default=2)
+    p.add_argument("--dtype", choices=list(BYTES), default=None,
+                   help="the compute dtype; default: bfloat16 on a GPU, float32 on a CPU (load_policy's auto)")
     p.add_argument("--load-in-4bit", action=argparse.BooleanOptionalAction, default=None,
                    help="default: on with CUDA, off on a CPU (as train.py)")
-    p.add_argument("--rollout", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--estimate", action="store_true", help="only print what reading the code predicts (no GPU)")
+    p.add_argument("--checkpointing", action=argparse.BooleanOptionalAction, default=True,
+                   help="gradient checkpointing, on by default on a CPU too, as train.py has it on a GPU")
+    p.add_argument("--phases", nargs="+", choices=["rollout", "update"], default=["rollout", "update"])
+    p.add_argument("--against", nargs="*", default=[], help="also measure model.py and grpo.py at these commits")
+    p.add_argument("--estimate", action="store_true", help="only print what reading the code predicts")
+    p.add_argument("--folder", help=argparse.SUPPRESS)  # set for measure(), in a fresh process
+    p.add_argument("--rev", help=argparse.SUPPRESS)
+    p.add_argument("--phase", help=argparse.SUPPRESS)
     args = p.parse_args()
     cuda = torch.cuda.is_available()
+    if args.load_in_4bit is None:
+        args.load_in_4bit = (cuda or args.estimate) and not args.tiny
+    if args.dtype is None:
+        args.dtype = "bfloat16" if cuda or args.estimate else "float32"
+    if args.folder:
+        print(json.dumps(measure(args)))
+        return
     if args.tiny:
         args.sizes, args.questions, args.group, args.prompt_tokens, args.response_tokens, args.micro_batch = \
             ["tiny"], 2, 2, 32, 64, 2
-    elif args.estimate:
-        args.load_in_4bit = True
-        print_estimates(args)
+    if args.estimate:
+        print_estimates(args, [s for s in args.sizes if s != "tiny"])
         return
-    elif not cuda:
-        sys.exit("no CUDA GPU: the full sizes need one (--tiny checks the harness on a CPU, --estimate prints what "
-                 "the code predicts)")
-    if args.load_in_4bit is None:
-        args.load_in_4bit = cuda
 
     tokenizer = AutoTokenizer.from_pretrained(qwen_tokenizer_dir())
     device = torch.cuda.get_device_name() if cuda else f"CPU, {torch.get_num_threads()} threads"
     print(f"{device}; {args.questions} questions x {args.group} episodes, {args.prompt_tokens} prompt + "
           f"{args.response_tokens} response tokens each; micro-batch {args.micro_batch}; "
-          f"{'NF4 4-bit' if args.load_in_4bit else 'bf16'} + LoRA r=16")
-    memory = Memory(cuda)
-    unit = "GiB" if cuda else "GiB RSS"
-    print(f"\n{'size':>5s} {'params':>7s} {'weights':>8s} {'fp32 frozen':>11s} {'rollout s':>9s} "
-          f"{'rollout peak':>12s} {'step s':>7s} {'update peak':>11s} {'target':>7s}")
+          f"{'NF4 4-bit + ' if args.load_in_4bit else ''}{args.dtype} + LoRA r=16; gradient checkpointing "
+          f"{'on' if args.checkpointing else 'off'}", flush=True)
+    unit = "GiB" if cuda else "GiB of resident set"
+    print(f"\n{'size':>5s} {'code':>8s} {'weights':>8s} {'fp32 frozen':>11s} {'rollout s':>9s} {'rollout +':>9s} "
+          f"{'update s':>8s} {'update +':>8s} {'estimated +: rollout':>20s} {'update':>6s}", flush=True)
     for size in args.sizes:
-        r = run(size, args, tokenizer, memory)
-        target = TARGET_GIB.get(size)
-        peak = max(r["update_peak_gib"], r.get("rollout_peak_gib", 0.0))
-        verdict = "" if target is None else f"<{target} " + ("ok" if peak < target else "NO")
-        weights = f"{r['weights_gib']:7.2f}G" if cuda else f"{'-':>8s}"
-        rollout_cells = (f"{r['rollout_s']:9.1f} {r['rollout_peak_gib']:11.2f}G" if args.rollout
-                         else f"{'-':>9s} {'-':>12s}")
-        print(f"{size:>5s} {r['params'] / 1e9:6.3f}B {weights} {r['fp32_gib']:10.2f}G {rollout_cells} "
-              f"{r['step_s']:7.1f} {r['update_peak_gib']:10.2f}G {verdict:>7s}", flush=True)
-        if cuda:
-            torch.cuda.empty_cache()
-    print(f"\nmemory in {unit}. weights: allocated after loading. fp32 frozen: frozen parameters held in "
-          "float32 (with 4-bit: what prepare_model_for_kbit_training upcast: embeddings, lm_head, norms).")
-    if args.load_in_4bit:
-        print_estimates(args)
+        folder = tempfile.mkdtemp(prefix=f"qwen-{size}-")
+        try:
+            save_random_model(size, folder, tokenizer, "cuda" if cuda else "cpu")
+            for rev in ["now", *args.against]:
+                r = {phase: run_fresh(args, folder, rev, phase) for phase in args.phases}
+                first = next(iter(r.values()))
+                cells = [f"{r[ph]['seconds']:{w}.1f} {r[ph]['above_gib']:{w}.2f}" if ph in r else f"{'-':>{w}s} "
+                         f"{'-':>{w}s}" for ph, w in (("rollout", 9), ("update", 8))]
+                estimate = ""
+                if rev == "now" and size != "tiny":
+                    update, rollout_above = above_weights(estimate_gib(size, args))
+                    estimate = f"{rollout_above:20.2f} {update:6.2f}"
+                print(f"{size:>5s} {rev:>8s} {first['weights_gib']:7.2f}G {first['fp32_gib']:10.2f}G "
+                      f"{cells[0]} {cells[1]} {estimate}", flush=True)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+    print(f"\nmemory in {unit}. weights: in use once the model was loaded; +: the peak above it. fp32 frozen: frozen "
+          "parameters held in float32. code: now, or model.py and grpo.py at that commit.")
 
 
-def print_estimates(args):
-    sizes = [s for s in args.sizes if s != "tiny"]
-    if not sizes:
-        return
+def print_estimates(args, sizes: list[str]):
     table = {size: estimate_gib(size, args) for size in sizes}
-    print(f"\nestimated from the code, GiB (micro-batch {args.micro_batch}):\n{'':20s}" +
+    quant = "NF4 4-bit + " if args.load_in_4bit else ""
+    print(f"estimated from the code, GiB: {args.questions} x {args.group} episodes of {args.prompt_tokens} + "
+          f"{args.response_tokens} tokens, micro-batch {args.micro_batch}, {quant}{args.dtype}\n{'':26s}" +
           "".join(f"{s:>8s}" for s in sizes))
-    for term in table[sizes[0]]:
-        print(f"{term:20s}" + "".join(f"{table[s][term]:8.2f}" for s in sizes))
-    update = {s: sum(v for k, v in table[s].items() if k != "rollout KV cache") for s in sizes}
-    print(f"{'update peak':20s}" + "".join(f"{update[s]:8.2f}" for s in sizes))
-    rollout = {s: sum(table[s][k] for k in ("4-bit linears", "fp32 embed/head", "rollout KV cache")) for s in sizes}
-    print(f"{'rollout peak':20s}" + "".join(f"{rollout[s]:8.2f}" for s in sizes))
+    for part in ("weights", "update", "rollout"):
+        for term in table[sizes[0]][part]:
+            print(f"{part[0]} {term:24s}" + "".join(f"{table[s][part][term]:8.2f}" for s in sizes))
+    weights = {s: sum(table[s]["weights"].values()) for s in sizes}
+    above = {s: above_weights(table[s]) for s in sizes}
+    print(f"{'update peak':26s}" + "".join(f"{weights[s] + above[s][0]:8.2f}" for s in sizes))
+    print(f"{'rollout peak':26s}" + "".join(f"{weights[s] + above[s][1]:8.2f}" for s in sizes))
+    # from the second step on, AdamW's moments (2/3 of that term) are still there during the rollout
+    step = {s: weights[s] + max(above[s][0], above[s][1] + table[s]["update"]["LoRA grads + AdamW"] * 2 / 3)
+            for s in sizes}
+    print(f"{'GRPO step peak (target)':26s}" + "".join(
+        f"{step[s]:5.1f}" + (f"<{TARGET_GIB[s]:<2d}" if s in TARGET_GIB else "   ") for s in sizes))
 
 
 if __name__ == "__main__":
