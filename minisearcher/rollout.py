@@ -90,7 +90,9 @@ def sample(logits: torch.Tensor, temperature: float,
 def rollout(model, tokenizer, retriever, prompts: list[str], cfg: RolloutConfig,
             seeds: list[int] | None = None) -> list[Episode]:
     """One episode per prompt (repeat a prompt G times for a GRPO group). Each episode samples from its own generator,
-    seeded from `seeds` (default: drawn from torch's), so an episode is the same whatever else is in the batch."""
+    seeded from `seeds` (default: drawn from torch's), so an episode does not depend on the draws of the others. Its
+    logits still round as the batch's shape makes them: where two tokens are nearly as likely, a sample can differ
+    in another batch (an untrained model, with its near-uniform logits, is where this shows)."""
     device = next(model.parameters()).device
     seeds = torch.randint(2**62, (len(prompts),)).tolist() if seeds is None else seeds
     generators = [torch.Generator().manual_seed(seed) for seed in seeds]
