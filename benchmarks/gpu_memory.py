@@ -22,9 +22,15 @@ the KV cache of episodes without searches (searches add padding holes to it).
 Every measurement (one size, one version of the code, the rollout or the update) runs in a fresh process that loads
 the saved model: memory a process has freed may stay resident, and so count in a later peak. "above weights" is
 the peak minus what was in use once the model was loaded: on a GPU the allocator's, on a CPU the resident set
-(VmRSS; the peak VmHWM is reset before the measured part through /proc/self/clear_refs).
+(VmRSS; the peak VmHWM is reset before the measured part through /proc/self/clear_refs). The measured part comes
+after a warm-up (a first update, a short rollout), so the process's one-time costs are not in it. On a CPU the
+resident set also holds what malloc keeps of freed memory: glibc serves blocks of up to 32 MiB from its heap once a
+block that size has been freed, and keeps them. The measuring process therefore runs with MALLOC_MMAP_THRESHOLD_
+fixed at 64 KiB, so that freed tensors go back to the OS, and it also reports the peak of the bytes held by tensors
+(TensorPeak), which is what a GPU's allocator counts and what --estimate predicts.
 """
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -33,8 +39,11 @@ import subprocess
 import sys
 import tempfile
 import time
+import weakref
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -96,10 +105,12 @@ def synthetic_episodes(n: int, prompt_tokens: int, response_tokens: int) -> list
     return episodes
 
 
-# Bytes per token, per unit of (hidden, MLP, key/value width), that one decoder layer with LoRA r=16 keeps for its
-# backward, by compute dtype: counted with torch.autograd.graph.saved_tensors_hooks on one Qwen2 layer. In bf16
-# the norms work on float32 copies and peft casts each LoRA layer's input to float32: more hidden-wide tensors.
-SAVED = {4: (20, 16, 16), 2: (36, 10, 10)}
+# Bytes per token, per unit of (hidden, MLP, key/value width), that one decoder layer with LoRA r=16 holds at the
+# peak of its recomputed backward, by compute dtype. The hidden and key/value terms are the tensors it keeps for the
+# backward (counted with torch.autograd.graph.saved_tensors_hooks on one Qwen2 layer); the MLP term adds the
+# gradients in flight, fitted to TensorPeak's peak on the 0.5B shape cut to two layers (4 x 1,280 tokens: within 2%).
+# In bf16 the norms work on float32 copies and peft casts each LoRA layer's input to float32: more hidden-wide bytes.
+SAVED = {4: (20, 24, 16), 2: (36, 16, 10)}
 
 
 def estimate_gib(size: str, args) -> dict:
@@ -167,6 +178,33 @@ class Memory:
             return next(int(line.split()[1]) for line in f if line.startswith(field + ":")) / 2**20  # kB
 
 
+class TensorPeak(TorchDispatchMode):
+    """While active, the bytes held by the tensors that operators create, and their peak: what a GPU's allocator
+    counts, without what a CPU's malloc keeps of freed memory. A view or an in-place result shares an input's storage
+    and adds nothing; tensors made before (the weights) are not counted, nor what a kernel allocates inside itself."""
+
+    def __init__(self):
+        super().__init__()
+        self.live, self.peak, self.storages = 0, 0, set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {t.untyped_storage().data_ptr() for t in tree_flatten((args, kwargs))[0] if torch.is_tensor(t)}
+        for t in tree_flatten(out)[0]:
+            storage = t.untyped_storage() if torch.is_tensor(t) else None
+            if storage is None or not storage.nbytes() or storage.data_ptr() in inputs | self.storages:
+                continue
+            self.storages.add(storage.data_ptr())
+            self.live += storage.nbytes()
+            weakref.finalize(storage, self.free, storage.data_ptr(), storage.nbytes())
+        self.peak = max(self.peak, self.live)
+        return out
+
+    def free(self, ptr: int, nbytes: int):
+        self.storages.discard(ptr)
+        self.live -= nbytes
+
+
 def measure(args) -> dict:
     """One measurement, in this process: --phase (rollout or update) of the code at --rev on the model in --folder."""
     cuda = torch.cuda.is_available()
@@ -175,30 +213,37 @@ def measure(args) -> dict:
     memory = Memory(cuda)
     model, tok = code_model.load_policy(args.folder, load_in_4bit=args.load_in_4bit, dtype=args.dtype)
     base = model.get_base_model()
-    if args.checkpointing and not base.is_gradient_checkpointing:
+    if args.checkpointing and not base.is_activation_checkpointing:
         base.activation_checkpointing_enable()
     fp32 = sum(p.numel() * 4 for p in model.parameters() if p.dtype == torch.float32 and not p.requires_grad)
     row = {"weights_gib": memory.now_gib(), "fp32_gib": fp32 / 2**30}
     n = args.questions * args.group
-    memory.reset()
-    start = time.perf_counter()
-    if args.phase == "rollout":  # weights + the KV cache of n episodes at the full episode budget
-        model.eval()
-        cfg = RolloutConfig(max_turn_tokens=args.response_tokens, max_episode_tokens=args.response_tokens)
-        prompt = tok.decode(synthetic_episodes(1, args.prompt_tokens, 0)[0].prompt_ids)
-        rollout(model, tok, BM25([{"title": "", "text": "unused"}]), [prompt] * n, cfg)
-    else:
-        episodes = synthetic_episodes(n, args.prompt_tokens, args.response_tokens)
-        rewards = torch.rand(args.questions, args.group, generator=torch.Generator().manual_seed(0))
-        advantages = grpo.group_advantages(rewards).flatten()
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
-        model.train()
-        for _ in range(args.steps):  # the last step is timed: the first pays for allocator warm-up on a GPU
-            start = time.perf_counter()
-            code_grpo.grpo_update(model, optimizer, episodes, advantages, tok.pad_token_id,
-                                  grpo.GRPOConfig(micro_batch=args.micro_batch))
+    tensors = TensorPeak()  # on a CPU only: on a GPU the allocator counts tensors, and this would slow the step
+    with tensors if not cuda else contextlib.nullcontext():
+        if args.phase == "rollout":  # weights + the KV cache of n episodes at the full episode budget
+            model.eval()
+            prompt = tok.decode(synthetic_episodes(1, args.prompt_tokens, 0)[0].prompt_ids)
+            for tokens in (4, args.response_tokens):  # a warm-up, then the measured rollout
+                memory.reset()
+                tensors.peak = tensors.live
+                start = time.perf_counter()
+                rollout(model, tok, BM25([{"title": "", "text": "unused"}]), [prompt] * n,
+                        RolloutConfig(max_turn_tokens=tokens, max_episode_tokens=tokens))
+        else:
+            episodes = synthetic_episodes(n, args.prompt_tokens, args.response_tokens)
+            rewards = torch.rand(args.questions, args.group, generator=torch.Generator().manual_seed(0))
+            advantages = grpo.group_advantages(rewards).flatten()
+            optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+            model.train()
+            for _ in range(args.steps):  # the last step is measured; AdamW's moments, made by the first, stay counted
+                memory.reset()
+                tensors.peak = tensors.live
+                start = time.perf_counter()
+                code_grpo.grpo_update(model, optimizer, episodes, advantages, tok.pad_token_id,
+                                      grpo.GRPOConfig(micro_batch=args.micro_batch))
     peak = memory.peak_gib()  # synchronises the GPU before the clock stops
-    return {**row, "seconds": time.perf_counter() - start, "peak_gib": peak, "above_gib": peak - row["weights_gib"]}
+    return {**row, "seconds": time.perf_counter() - start, "peak_gib": peak, "above_gib": peak - row["weights_gib"],
+            "tensors_gib": peak - row["weights_gib"] if cuda else tensors.peak / 2**30}
 
 
 def run_fresh(args, folder: str, rev: str, phase: str) -> dict:
@@ -209,7 +254,8 @@ def run_fresh(args, folder: str, rev: str, phase: str) -> dict:
                "--micro-batch", str(args.micro_batch), "--dtype", args.dtype,
                "--load-in-4bit" if args.load_in_4bit else "--no-load-in-4bit",
                "--checkpointing" if args.checkpointing else "--no-checkpointing"]
-    out = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout
+    env = {"MALLOC_MMAP_THRESHOLD_": str(64 * 1024), **os.environ}  # glibc: freed tensors go back to the OS
+    out = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True, env=env).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -258,9 +304,10 @@ def main():
           f"{args.response_tokens} response tokens each; micro-batch {args.micro_batch}; "
           f"{'NF4 4-bit + ' if args.load_in_4bit else ''}{args.dtype} + LoRA r=16; gradient checkpointing "
           f"{'on' if args.checkpointing else 'off'}", flush=True)
-    unit = "GiB" if cuda else "GiB of resident set"
+    unit = "GiB" if cuda else "GiB of resident set; tensors: GiB held by tensors (TensorPeak)"
     print(f"\n{'size':>5s} {'code':>8s} {'weights':>8s} {'fp32 frozen':>11s} {'rollout s':>9s} {'rollout +':>9s} "
-          f"{'update s':>8s} {'update +':>8s} {'estimated +: rollout':>20s} {'update':>6s}", flush=True)
+          f"{'tensors':>7s} {'update s':>8s} {'update +':>8s} {'tensors':>7s} {'estimated +: rollout':>20s} "
+          f"{'update':>6s}", flush=True)
     for size in args.sizes:
         folder = tempfile.mkdtemp(prefix=f"qwen-{size}-")
         try:
@@ -268,8 +315,8 @@ def main():
             for rev in ["now", *args.against]:
                 r = {phase: run_fresh(args, folder, rev, phase) for phase in args.phases}
                 first = next(iter(r.values()))
-                cells = [f"{r[ph]['seconds']:{w}.1f} {r[ph]['above_gib']:{w}.2f}" if ph in r else f"{'-':>{w}s} "
-                         f"{'-':>{w}s}" for ph, w in (("rollout", 9), ("update", 8))]
+                cells = [f"{r[ph]['seconds']:{w}.1f} {r[ph]['above_gib']:{w}.2f} {r[ph]['tensors_gib']:7.2f}" if ph in r
+                         else f"{'-':>{w}s} {'-':>{w}s} {'-':>7s}" for ph, w in (("rollout", 9), ("update", 8))]
                 estimate = ""
                 if rev == "now" and size != "tiny":
                     update, rollout_above = above_weights(estimate_gib(size, args))
