@@ -149,10 +149,12 @@ def above_weights(estimate: dict) -> tuple[float, float]:
 
 
 class Memory:
-    """Memory in use and its peak since reset(): the CUDA allocator's on a GPU, the resident set on a CPU."""
+    """Memory in use and its peak since reset(): the CUDA allocator's on a GPU, the resident set on a CPU, and there
+    also the tensors' (`with memory.tensors:` counts them; on a GPU the allocator counts tensors already)."""
 
     def __init__(self, cuda: bool):
         self.cuda = cuda
+        self.tensors = contextlib.nullcontext() if cuda else TensorPeak()
 
     def reset(self):
         if self.cuda:
@@ -162,6 +164,7 @@ class Memory:
         else:
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")  # resets VmHWM to the current resident set (Linux)
+            self.tensors.peak = self.tensors.live
 
     def now_gib(self) -> float:
         return torch.cuda.memory_allocated() / 2**30 if self.cuda else self.status("VmRSS")
@@ -192,7 +195,8 @@ class TensorPeak(TorchDispatchMode):
         inputs = {t.untyped_storage().data_ptr() for t in tree_flatten((args, kwargs))[0] if torch.is_tensor(t)}
         for t in tree_flatten(out)[0]:
             storage = t.untyped_storage() if torch.is_tensor(t) else None
-            if storage is None or not storage.nbytes() or storage.data_ptr() in inputs | self.storages:
+            if storage is None or not storage.nbytes() or storage.data_ptr() in inputs or \
+                    storage.data_ptr() in self.storages:
                 continue
             self.storages.add(storage.data_ptr())
             self.live += storage.nbytes()
@@ -218,14 +222,12 @@ def measure(args) -> dict:
     fp32 = sum(p.numel() * 4 for p in model.parameters() if p.dtype == torch.float32 and not p.requires_grad)
     row = {"weights_gib": memory.now_gib(), "fp32_gib": fp32 / 2**30}
     n = args.questions * args.group
-    tensors = TensorPeak()  # on a CPU only: on a GPU the allocator counts tensors, and this would slow the step
-    with tensors if not cuda else contextlib.nullcontext():
+    with memory.tensors:
         if args.phase == "rollout":  # weights + the KV cache of n episodes at the full episode budget
             model.eval()
             prompt = tok.decode(synthetic_episodes(1, args.prompt_tokens, 0)[0].prompt_ids)
             for tokens in (4, args.response_tokens):  # a warm-up, then the measured rollout
                 memory.reset()
-                tensors.peak = tensors.live
                 start = time.perf_counter()
                 rollout(model, tok, BM25([{"title": "", "text": "unused"}]), [prompt] * n,
                         RolloutConfig(max_turn_tokens=tokens, max_episode_tokens=tokens))
@@ -237,13 +239,13 @@ def measure(args) -> dict:
             model.train()
             for _ in range(args.steps):  # the last step is measured; AdamW's moments, made by the first, stay counted
                 memory.reset()
-                tensors.peak = tensors.live
                 start = time.perf_counter()
                 code_grpo.grpo_update(model, optimizer, episodes, advantages, tok.pad_token_id,
                                       grpo.GRPOConfig(micro_batch=args.micro_batch))
     peak = memory.peak_gib()  # synchronises the GPU before the clock stops
-    return {**row, "seconds": time.perf_counter() - start, "peak_gib": peak, "above_gib": peak - row["weights_gib"],
-            "tensors_gib": peak - row["weights_gib"] if cuda else tensors.peak / 2**30}
+    above = peak - row["weights_gib"]
+    return {**row, "seconds": time.perf_counter() - start, "peak_gib": peak, "above_gib": above,
+            "tensors_gib": above if cuda else memory.tensors.peak / 2**30}
 
 
 def run_fresh(args, folder: str, rev: str, phase: str) -> dict:
