@@ -22,8 +22,11 @@ the KV cache of episodes without searches (searches add padding holes to it).
 Every measurement (one size, one version of the code, the rollout or the update) runs in a fresh process that loads
 the saved model: memory a process has freed may stay resident, and so count in a later peak. "above weights" is
 the peak minus what was in use once the model was loaded: on a GPU the allocator's, on a CPU the resident set
-(VmRSS; the peak VmHWM is reset before the measured part through /proc/self/clear_refs). The measured part comes
-after a warm-up (a first update, a short rollout), so the process's one-time costs are not in it. On a CPU the
+(VmRSS; the peak VmHWM is reset before the measured part through /proc/self/clear_refs) once every weight has been
+read: a CPU model's weights map the safetensors file, and a page of it is resident only from its first read (the
+0.5B shape in bf16: 0.59 GiB resident once loaded, 1.50 once read), which the first forward would otherwise count.
+The measured part comes after a warm-up (a first update, a short rollout), so the process's one-time costs are not
+in it. On a CPU the
 resident set also holds what malloc keeps of freed memory: glibc serves blocks of up to 32 MiB from its heap once a
 block that size has been freed, and keeps them. The measuring process therefore runs with MALLOC_MMAP_THRESHOLD_
 fixed at 64 KiB, so that freed tensors go back to the OS, and it also reports the peak of the bytes held by tensors
@@ -219,6 +222,8 @@ def measure(args) -> dict:
     base = model.get_base_model()
     if args.checkpointing and not base.is_activation_checkpointing:
         base.activation_checkpointing_enable()
+    for p in model.parameters():  # on a CPU the weights map the safetensors file: resident only once read
+        p.detach().sum()
     fp32 = sum(p.numel() * 4 for p in model.parameters() if p.dtype == torch.float32 and not p.requires_grad)
     row = {"weights_gib": memory.now_gib(), "fp32_gib": fp32 / 2**30}
     n = args.questions * args.group
@@ -327,8 +332,8 @@ def main():
                       f"{cells[0]} {cells[1]} {estimate}", flush=True)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
-    print(f"\nmemory in {unit}. weights: in use once the model was loaded; +: the peak above it. fp32 frozen: frozen "
-          "parameters held in float32. code: now, or model.py and grpo.py at that commit.")
+    print(f"\nmemory in {unit}. weights: in use once the model was loaded and read; +: the peak above it. fp32 "
+          "frozen: frozen parameters held in float32. code: now, or model.py and grpo.py at that commit.")
 
 
 def print_estimates(args, sizes: list[str]):
