@@ -26,11 +26,10 @@ the peak minus what was in use once the model was loaded: on a GPU the allocator
 read: a CPU model's weights map the safetensors file, and a page of it is resident only from its first read (the
 0.5B shape in bf16: 0.59 GiB resident once loaded, 1.50 once read), which the first forward would otherwise count.
 The measured part comes after a warm-up (a first update, a short rollout), so the process's one-time costs are not
-in it. On a CPU the
-resident set also holds what malloc keeps of freed memory: glibc serves blocks of up to 32 MiB from its heap once a
-block that size has been freed, and keeps them. The measuring process therefore runs with MALLOC_MMAP_THRESHOLD_
-fixed at 64 KiB, so that freed tensors go back to the OS, and it also reports the peak of the bytes held by tensors
-(TensorPeak), which is what a GPU's allocator counts and what --estimate predicts.
+in it. On a CPU the resident set also holds what malloc keeps of freed memory: glibc serves blocks of up to 32 MiB
+from its heap once a block that size has been freed, and keeps them. The measuring process therefore runs with
+MALLOC_MMAP_THRESHOLD_ fixed at 64 KiB, so that freed tensors go back to the OS, and it also reports the peak of the
+bytes held by tensors (TensorPeak), which is what a GPU's allocator counts and what --estimate predicts.
 """
 import argparse
 import contextlib
