@@ -22,7 +22,7 @@ from minisearcher.options import add_model_options, add_rollout_options, open_re
 from minisearcher.prompts import use_chat
 from minisearcher.rollout import RolloutConfig
 
-COLUMNS = ["n", "em", "f1", "cover_em", "answered", "format_ok", "searches_mean", "tokens_mean"]
+COLUMNS = ["n", "em", "f1", "cover_em", "answered", "format_ok", "found", "searches_mean", "tokens_mean"]
 
 
 def parse_args(argv=None):

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from .prompts import (ANSWER, BEGIN_QUERY, END_ANSWER, END_QUERY, END_THINK, THINK, build_baseline_prompt,
                       build_plain_prompt, build_prompt, documents_block, numbered_passages)
-from .rewards import cover_em, exact_match, extract_answer, f1_score, format_ok
+from .rewards import cover_em, exact_match, extract_answer, f1_score, format_ok, normalize_answer
 from .rollout import RolloutConfig, rollout
 
 MODES = ["naive", "rag", "search", "naive-plain", "rag-plain"]
@@ -51,14 +51,23 @@ def first_line(model_text: str) -> str:
     return next((line.strip() for line in model_text.splitlines() if line.strip()), "")
 
 
+def found(segments: list[tuple[str, bool]], golds: list[str], style: str = "paper") -> bool:
+    """Is a gold answer, as whole words, in the documents the model's own searches brought? Beside Cover-EM it tells
+    a retrieval miss from a reading miss. A yes/no gold never counts: any passage may hold the word."""
+    documents = f" {normalize_answer(' '.join(text for text, by_model in segments if not by_model), style)} "
+    return any(gold not in ("", "yes", "no") and f" {gold} " in documents
+               for gold in (normalize_answer(g, style) for g in golds))
+
+
 def record(question: dict, prompt: str, episode, mode: str, style: str = "paper") -> dict:
     text, golds = episode.model_text, question["answers"]
     prediction = first_line(text) if mode.endswith("plain") else predict(text)
     return {"question": question["question"], "golds": golds, "prediction": prediction,
             "em": exact_match(prediction, golds, style), "f1": f1_score(prediction, golds, style),
             "cover_em": cover_em(prediction, golds, style), "answered": bool(extract_answer(text)),
-            "format_ok": format_ok(text), "searches": episode.n_searches, "tokens": sum(episode.loss_mask),
-            "stop": episode.stop, "queries": episode.queries, "prompt": prompt, "segments": episode.segments}
+            "format_ok": format_ok(text), "found": found(episode.segments, golds, style),
+            "searches": episode.n_searches, "tokens": sum(episode.loss_mask), "stop": episode.stop,
+            "queries": episode.queries, "prompt": prompt, "segments": episode.segments}
 
 
 def evaluate(model, tokenizer, retriever, questions: list[dict], mode: str, cfg: RolloutConfig, chat: bool,
@@ -66,7 +75,8 @@ def evaluate(model, tokenizer, retriever, questions: list[dict], mode: str, cfg:
     """Greedy episodes for every question -> (mean metrics, one record per question). `style`: the answers'
     normalisation (rewards.normalize_answer), the paper's by default.
 
-    searches_mean counts the model's own searches (rag's one search with the question is not one of them);
+    searches_mean counts the model's own searches (rag's one search with the question is not one of them), and found
+    the questions whose gold answer is in the documents those searches brought;
     tokens_mean counts the tokens the model generated, not the documents injected."""
     cfg = replace(cfg, temperature=0.0, max_searches=cfg.max_searches if mode == "search" else 0)
     if mode.endswith("plain"):
@@ -81,5 +91,5 @@ def evaluate(model, tokenizer, retriever, questions: list[dict], mode: str, cfg:
 
     def mean(key):
         return sum(r[key] for r in records) / len(records)
-    metrics = {key: mean(key) for key in ["em", "f1", "cover_em", "answered", "format_ok"]}
+    metrics = {key: mean(key) for key in ["em", "f1", "cover_em", "answered", "format_ok", "found"]}
     return {"n": len(records), **metrics, "searches_mean": mean("searches"), "tokens_mean": mean("tokens")}, records

@@ -68,7 +68,18 @@ def test_evaluate_scores_what_the_model_wrote(tiny, toy, monkeypatch):
     assert [r["prediction"] for r in records] == [question["answers"][0], f"I think it is {question['decoys'][0]}."]
     assert records[0]["tokens"] == sum(found.loss_mask) < len(found.ids)  # the documents are not counted
     assert metrics == {"n": 2, "em": 0.5, "f1": 0.5, "cover_em": 0.5, "answered": 0.5, "format_ok": 0.5,
-                       "searches_mean": 1.0, "tokens_mean": (sum(found.loss_mask) + len(guessed.ids)) / 2}
+                       "found": 0.5, "searches_mean": 1.0, "tokens_mean": (sum(found.loss_mask) + len(guessed.ids)) / 2}
+
+
+def test_found_reads_the_injected_documents_only():
+    """found: a gold answer as whole words in the system's documents; not in the model's own text, not inside
+    another word, never a yes/no gold."""
+    segments = [("I look it up. <|begin_of_query|> Paris <|end_of_query|>", True),
+                ("<|begin_of_documents|>\n(1) Paris is, no doubt, the capital of France. ...\n<|end_of_documents|>",
+                 False), ("Paris it is, not Lyon. <answer> Paris </answer>", True)]
+    assert evaluation.found(segments, ["the capital"]) and evaluation.found(segments, ["Lyon", "FRANCE!"])
+    assert not evaluation.found(segments, ["Lyon"])  # only the model wrote it
+    assert not evaluation.found(segments, ["Pari"]) and not evaluation.found(segments, ["no"])
 
 
 def run(tiny, toy, mode, monkeypatch):
