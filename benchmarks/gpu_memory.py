@@ -2,6 +2,7 @@
 
     python benchmarks/gpu_memory.py --sizes 0.5B 1.5B 3B 7B      # on a CUDA GPU: NF4 4-bit + LoRA, bf16
     python benchmarks/gpu_memory.py --sizes 7B --micro-batch 2    # the update's micro-batch (train.py --micro-batch)
+    python benchmarks/gpu_memory.py --sizes 7B --card-gib 15      # does it run within 15 GiB, as on a 16 GB card?
     python benchmarks/gpu_memory.py --estimate                    # no GPU: what reading the code predicts
     python benchmarks/gpu_memory.py --sizes 0.5B --questions 1 --against 085be9a   # a CPU, before and after
     python benchmarks/gpu_memory.py --tiny                        # CPU check of the harness: tiny model
@@ -217,6 +218,8 @@ def measure(args) -> dict:
     code_model, code_grpo = (model_py, grpo) if args.rev == "now" else \
         (module_from_git(args.rev, "model"), module_from_git(args.rev, "grpo"))
     memory = Memory(cuda)
+    if args.card_gib:  # the allocator frees its cache and retries before it fails, as on a card of that size
+        torch.cuda.set_per_process_memory_fraction(args.card_gib * 2**30 / torch.cuda.mem_get_info()[1])
     model, tok = code_model.load_policy(args.folder, load_in_4bit=args.load_in_4bit, dtype=args.dtype)
     base = model.get_base_model()
     if args.checkpointing and not base.is_activation_checkpointing:
@@ -249,7 +252,9 @@ def measure(args) -> dict:
     peak = memory.peak_gib()  # synchronises the GPU before the clock stops
     above = peak - row["weights_gib"]
     return {**row, "seconds": time.perf_counter() - start, "peak_gib": peak, "above_gib": above,
-            "tensors_gib": above if cuda else memory.tensors.peak / 2**30}
+            "tensors_gib": above if cuda else memory.tensors.peak / 2**30,
+            # what the card must have free: the allocator's reserved blocks (the CUDA context comes on top)
+            "reserved_gib": torch.cuda.max_memory_reserved() / 2**30 if cuda else None}
 
 
 def run_fresh(args, folder: str, rev: str, phase: str) -> dict:
@@ -257,7 +262,7 @@ def run_fresh(args, folder: str, rev: str, phase: str) -> dict:
     command = [sys.executable, os.path.abspath(__file__), "--folder", folder, "--rev", rev, "--phase", phase,
                "--questions", str(args.questions), "--group", str(args.group), "--steps", str(args.steps),
                "--prompt-tokens", str(args.prompt_tokens), "--response-tokens", str(args.response_tokens),
-               "--micro-batch", str(args.micro_batch), "--dtype", args.dtype,
+               "--micro-batch", str(args.micro_batch), "--dtype", args.dtype, "--card-gib", str(args.card_gib),
                "--load-in-4bit" if args.load_in_4bit else "--no-load-in-4bit",
                "--checkpointing" if args.checkpointing else "--no-checkpointing"]
     env = {"MALLOC_MMAP_THRESHOLD_": str(64 * 1024), **os.environ}  # glibc: freed tensors go back to the OS
@@ -282,6 +287,8 @@ def main():
                    help="default: on with CUDA, off on a CPU (as train.py)")
     p.add_argument("--checkpointing", action=argparse.BooleanOptionalAction, default=True,
                    help="gradient checkpointing, on by default on a CPU too, as train.py has it on a GPU")
+    p.add_argument("--card-gib", type=float, default=0,
+                   help="on a GPU: let each measurement use at most this much, as a smaller card would (0: all)")
     p.add_argument("--phases", nargs="+", choices=["rollout", "update"], default=["rollout", "update"])
     p.add_argument("--against", nargs="*", default=[], help="also measure model.py and grpo.py at these commits")
     p.add_argument("--estimate", action="store_true", help="only print what reading the code predicts")
@@ -329,6 +336,9 @@ def main():
                     estimate = f"{rollout_above:20.2f} {update:6.2f}"
                 print(f"{size:>5s} {rev:>8s} {first['weights_gib']:7.2f}G {first['fp32_gib']:10.2f}G "
                       f"{cells[0]} {cells[1]} {estimate}", flush=True)
+                if cuda:
+                    print(f"{'':>14s} peak reserved by the allocator: " +
+                          ", ".join(f"{ph} {r[ph]['reserved_gib']:.2f} GiB" for ph in r), flush=True)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
     print(f"\nmemory in {unit}. weights: in use once the model was loaded and read; +: the peak above it. fp32 "

@@ -48,8 +48,10 @@ def load_policy(name: str, *, load_in_4bit: bool | None = None, dtype: str = "au
     torch_dtype = getattr(torch, dtype) if dtype != "auto" else torch.bfloat16 if cuda else torch.float32
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                bnb_4bit_compute_dtype=torch_dtype) if load_in_4bit else None
+    # use_kernels=False: no layer is swapped for a kernel fetched from the hub at load time (transformers' default
+    # on a GPU), so the model runs the code one reads, and loads offline
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch_dtype, quantization_config=quant,
-                                                 device_map="auto" if cuda else None)
+                                                 device_map="auto" if cuda else None, use_kernels=False)
     if load_in_4bit:
         disable_cpu_bf16_kernel(model)
     if trainable and cuda:  # keep each layer's input, recompute the rest of the layer in the backward
