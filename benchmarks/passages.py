@@ -18,20 +18,19 @@ from common import qwen_tokenizer_dir  # noqa: E402
 from minisearcher.data import load_corpus, load_questions, read_jsonl  # noqa: E402
 from minisearcher.evaluation import found  # noqa: E402
 from minisearcher.model import load_tokenizer  # noqa: E402
-from minisearcher.prompts import BEGIN_DOCS, END_DOCS, documents_block  # noqa: E402
+from minisearcher.prompts import documents_block  # noqa: E402
 from minisearcher.retriever import BM25  # noqa: E402
 from minisearcher.rewards import normalize_answer  # noqa: E402
-from minisearcher.sft import from_trajectory  # noqa: E402
+from minisearcher.sft import TRAJECTORY_SEARCH, from_trajectory  # noqa: E402
 
 TRACES = {"hotpotqa_500": ["hotpotqa_qwen", "hotpotqa_llama"], "2wiki_500": ["2wiki_qwen"]}
 OURS = [(3, 64), (3, 128), (3, None), (5, 64), (5, 128)]  # (top-k, tokens a passage; None: whole)
-BLOCK = re.compile(f"{re.escape(BEGIN_DOCS)}(.*?){re.escape(END_DOCS)}", re.S)
 NUMBERED = re.compile(r"\n\(\d+\)")  # the traces' blocks put each passage on a line of its own: "(1)..."
 
 
 def their_blocks(trajectory: str, k: int | None) -> list[tuple[str, bool]]:
     """The documents R1-Searcher's system injected, the first k passages of each block, as system segments."""
-    return [(" ".join(NUMBERED.split(block)[1:][:k]), False) for block in BLOCK.findall(trajectory)]
+    return [(" ".join(NUMBERED.split(block)[1:][:k]), False) for _, block in TRAJECTORY_SEARCH.findall(trajectory)]
 
 
 def main():

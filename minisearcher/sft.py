@@ -58,7 +58,8 @@ def load_traces(path: str, tokenizer, retriever, cfg: RolloutConfig, exclude: se
     return traces, skipped
 
 
-TRAJECTORY_SEARCH = re.compile(f"{re.escape(BEGIN_QUERY)}(.*?){re.escape(END_QUERY)}\\s*{re.escape(BEGIN_DOCS)}.*?"
+# a query and the documents block its system injected: groups 1 and 2
+TRAJECTORY_SEARCH = re.compile(f"{re.escape(BEGIN_QUERY)}(.*?){re.escape(END_QUERY)}\\s*{re.escape(BEGIN_DOCS)}(.*?)"
                                f"{re.escape(END_DOCS)}\\s*", re.S)
 
 
