@@ -48,7 +48,7 @@ def main(argv=None):
                 for source in args.data}
         if len(sets) < len(args.data):
             raise ValueError("two --data sets have the same name; their results would overwrite each other")
-        retriever = open_retriever(args)
+        retriever = None if args.mode.startswith("naive") else open_retriever(args)  # naive modes never search
         if args.adapter and not os.path.isdir(args.adapter):
             raise ValueError(f"--adapter {args.adapter}: no such folder")
         if args.json:
@@ -60,7 +60,7 @@ def main(argv=None):
         model = model.merge_and_unload()
     chat = use_chat(tokenizer, args.prompt)
     cfg = rollout_config(args, temperature=0.0)
-    print(f"{retriever}, model {args.model}, mode {args.mode}")
+    print(f"{retriever or 'no retriever'}, model {args.model}, mode {args.mode}")
 
     results = {}
     for name, questions in sets.items():

@@ -168,7 +168,13 @@ def test_bad_input_is_named_before_the_model_loads(files, fix, message):
     fix(files)  # the model does not exist either: the data are checked first
     with pytest.raises(SystemExit, match=message):
         eval_cli.main(["--model", str(files / "no-model"), "--data", str(files / "toy.jsonl"),
-                         "--corpus", str(files / "corpus.jsonl"), "--mode", "naive"])
+                         "--corpus", str(files / "corpus.jsonl"), "--mode", "rag"])
+
+
+def test_naive_modes_need_no_corpus(tiny_qwen_dir, files):
+    metrics = eval_cli.main(["--model", tiny_qwen_dir, "--data", str(files / "toy.jsonl"), "--mode", "naive-plain",
+                             "--limit", "2", "--dtype", "float32"])
+    assert metrics["toy"]["n"] == 2 and metrics["toy"]["searches_mean"] == 0
 
 
 def test_missing_model_says_how_to_pass_a_local_one(files):
