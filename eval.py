@@ -1,11 +1,6 @@
-"""Evaluate a model on question sets, as in the R1-Searcher paper: greedy answers, EM, F1 and Cover-EM.
+"""Evaluate a model on question sets and print one markdown row per set; --json OUT.json writes the metrics there and
+each set's predictions to OUT.<set>.jsonl beside it. --help adds the docstring of minisearcher/evaluation.py:
 
-    naive   answer from memory, no retrieval
-    rag     one BM25 search with the question itself, its top-k passages in the prompt, then answer
-    search  the R1-Searcher protocol: the model writes its own queries, mid-reasoning, as in training
-
-(minisearcher/evaluation.py). Prints one markdown row per question set; --json OUT.json writes the metrics there and
-each set's predictions to OUT.<set>.jsonl beside it.
 """
 import argparse
 import json
@@ -15,7 +10,8 @@ import time
 
 import torch
 
-from minisearcher.data import load_questions
+from minisearcher import evaluation
+from minisearcher.data import load_questions, write_jsonl
 from minisearcher.evaluation import MODES, evaluate
 from minisearcher.model import load_policy
 from minisearcher.options import add_model_options, add_rollout_options, open_retriever, positive, rollout_config
@@ -26,7 +22,7 @@ COLUMNS = ["n", "em", "f1", "cover_em", "answered", "format_ok", "found", "searc
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__ + evaluation.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_options(p)
     p.add_argument("--data", nargs="+", required=True,
                    help="JSON-lines files with question/answer, or `datasets` names[:config][@split]")
@@ -69,8 +65,7 @@ def main(argv=None):
                                     args.normalize)
         results[name] = {**metrics, "seconds": round(time.time() - start, 1)}
         if args.json:  # written after every set, so that a long run keeps what it has done
-            with open(f"{os.path.splitext(args.json)[0]}.{name}.jsonl", "w", encoding="utf-8") as f:
-                f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+            write_jsonl(records, f"{os.path.splitext(args.json)[0]}.{name}.jsonl")
             with open(args.json, "w") as f:
                 json.dump(results, f, indent=2)
     print(f"\n| {args.mode} | " + " | ".join(COLUMNS) + " |")

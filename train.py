@@ -24,8 +24,8 @@ from transformers import set_seed
 from minisearcher.data import load_questions
 from minisearcher.grpo import GRPOConfig, all_sum, grpo_step
 from minisearcher.model import load_policy, load_tokenizer
-from minisearcher.options import (add_model_options, add_rollout_options, at_least_0, open_retriever,
-                                  parse_with_recipe, positive, rollout_config)
+from minisearcher.options import (add_model_options, add_rollout_options, open_retriever, parse_with_recipe,
+                                  positive, rollout_config)
 from minisearcher.prompts import build_prompt, use_chat
 from minisearcher.rollout import RolloutConfig
 from minisearcher.runs import (ADAPTERS, PHASES, adapter_weights, check_out_dir, keep_metrics_before, load_checkpoint,
@@ -42,7 +42,7 @@ def parse_args(argv=None):
                    help="question sets never to train on, in --train-data or --sft-data (the evaluation split)")
     p.add_argument("--sft-data", nargs="+", help="JSON lines of cold-start traces: {question, segments: [[text, "
                    "by_model]...]}, or R1-Searcher's trajectories (converted: minisearcher/sft.py)")
-    p.add_argument("--sft-steps", type=at_least_0(int), default=0)
+    p.add_argument("--sft-steps", type=positive(int, zero_ok=True), default=0)
     p.add_argument("--stage", choices=["1", "2", "both", "none"], default="both",
                    help="the RL stages to run after the cold start (none: the cold start only)")
     p.add_argument("--sft-batch", type=positive(int), default=16, help="traces per cold-start step")
@@ -52,7 +52,7 @@ def parse_args(argv=None):
     p.add_argument("--questions-per-step", type=positive(int), default=8)
     p.add_argument("--group-size", type=int, default=8, help="episodes per question (G >= 2)")
     p.add_argument("--lr", type=positive(float), default=1e-5)
-    p.add_argument("--beta", type=at_least_0(float), default=0.001, help="KL penalty weight")
+    p.add_argument("--beta", type=positive(float, zero_ok=True), default=0.001, help="KL penalty weight")
     p.add_argument("--clip-eps", type=positive(float), default=0.2)
     p.add_argument("--temperature", type=positive(float), default=1.0, help="sampling temperature of the rollouts")
     p.add_argument("--dr-grpo", action="store_true", help="centre the advantages without dividing by the std")
@@ -83,11 +83,6 @@ def parse_args(argv=None):
     return args
 
 
-def grpo_config(args) -> GRPOConfig:
-    return GRPOConfig(group_size=args.group_size, clip_eps=args.clip_eps, beta=args.beta,
-                      scale_by_std=not args.dr_grpo, updates=args.updates, micro_batch=args.micro_batch)
-
-
 # ---- the phases --------------------------------------------------------------------------------------------------
 
 def sft_phase_step(args, model, tokenizer, traces, optimizer, step: int, chat: bool) -> dict:
@@ -115,7 +110,9 @@ def train(args, model, tokenizer, retriever, questions, traces):
     lead = not dist.is_initialized() or dist.get_rank() == 0
     report = reporter(args) if lead else None
     chat = use_chat(tokenizer, args.prompt)
-    rollout_cfg, cfg = rollout_config(args, args.temperature), grpo_config(args)
+    rollout_cfg = rollout_config(args, args.temperature)
+    cfg = GRPOConfig(group_size=args.group_size, clip_eps=args.clip_eps, beta=args.beta,
+                     scale_by_std=not args.dr_grpo, updates=args.updates, micro_batch=args.micro_batch)
     phases = run_phases(args)
     metrics_path, checkpoint = os.path.join(args.out, "metrics.jsonl"), os.path.join(args.out, "checkpoint")
     start_phase, start_step, optimizer_state = phases[0], 0, None

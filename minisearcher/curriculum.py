@@ -13,7 +13,6 @@ a new kind of text makes the model forget how to copy. docs/DEMO.md tells how th
 """
 import json
 import math
-import os
 import random
 from dataclasses import dataclass
 from itertools import count
@@ -27,6 +26,7 @@ from .episode import Episode
 from .prompts import (ANSWER, BEGIN_DOCS, BEGIN_QUERY, END_ANSWER, END_DOCS, END_QUERY, END_THINK, INSTRUCTIONS,
                       THINK, build_prompt, documents_block)
 from .retriever import BM25
+from .runs import save_atomically
 from .sft import sft_step, sft_trace, trace_episode
 
 
@@ -40,9 +40,13 @@ class Phase:
     exercise_tokens: int
 
 
-COLD_START = [Phase("copy", 400, 0, 0, 64, 32),  # short pages: copying appears sooner than in long ones
-              Phase("read", 700, 16, 128, 16, 128),  # long exercise pages carry copying across a documents block
-              Phase("sft", None, 8, None, 16, 32)]
+COLD_START = [
+    # short pages: copying appears sooner than in long ones
+    Phase("copy", steps=400, pages=0, page_tokens=0, exercises=64, exercise_tokens=32),
+    # long exercise pages carry copying across a documents block
+    Phase("read", steps=700, pages=16, page_tokens=128, exercises=16, exercise_tokens=128),
+    Phase("sft", steps=None, pages=8, page_tokens=None, exercises=16, exercise_tokens=32),
+]
 COLD_START_WORLD = dict(n_people=60, n_cities=30, n_companies=30, n_works=40)  # a fresh one every few steps
 SFT_STYLES = {"full": 0.2, "one": 0.35, "none": 0.45}  # the traces' mix (sft.sft_trace): mostly imperfect, on purpose
 LR = 1e-3  # a faster rate keeps the model from ever learning to copy
@@ -204,7 +208,4 @@ def cold_start(folder: str, log: str, seed: int, sft_steps: int, top_k: int, doc
             bar.set_postfix(loss=f"{loss:.3f}")
             with open(log, "a") as f:
                 f.write(json.dumps({"phase": phase.name, "step": step, "loss": loss}) + "\n")
-    tmp = folder + ".tmp"  # then renamed: a folder that exists holds a whole model
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    os.replace(tmp, folder)
+    save_atomically(lambda tmp: (model.save_pretrained(tmp), tokenizer.save_pretrained(tmp)), folder)

@@ -50,9 +50,8 @@ def collate(episodes: list[Episode], pad_id: int, device) -> dict:
     for i, (e, s) in enumerate(zip(episodes, seqs)):
         batch["ids"][i, T - len(s):] = torch.tensor(s)
         batch["attention"][i, T - len(s):] = 1
-        if e.ids:
-            batch["loss_mask"][i, T - len(e.ids):] = torch.tensor(e.loss_mask, dtype=torch.float)
-            batch["old_logp"][i, T - len(e.ids):] = torch.tensor(e.logprobs)
+        batch["loss_mask"][i, T - len(e.ids):] = torch.tensor(e.loss_mask, dtype=torch.float)
+        batch["old_logp"][i, T - len(e.ids):] = torch.tensor(e.logprobs, dtype=torch.float)
     batch = {k: v.to(device) for k, v in batch.items()}
     batch["K"] = max(len(e.ids) for e in episodes)
     return batch

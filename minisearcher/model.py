@@ -29,7 +29,7 @@ def split_gguf(name: str) -> tuple[str, str | None]:
 def load_policy(name: str, *, load_in_4bit: bool | None = None, dtype: str = "auto", lora_r: int = 16,
                 lora_alpha: int = 32, adapter: str | None = None, trainable: bool = True):
     """(model, tokenizer). The model is a peft model: the reference policy is the same model with its adapter
-    disabled, so no second copy of the weights is ever held (DESIGN GRPO 4).
+    disabled, so no second copy of the weights is ever held.
 
     QLoRA as the common recipes run it: the frozen weights, the activations and the KV cache stay in the compute
     dtype (the linear layers' weights in 4-bit on top), the LoRA weights are float32 (peft keeps them so), and
@@ -52,8 +52,11 @@ def load_policy(name: str, *, load_in_4bit: bool | None = None, dtype: str = "au
     # on a GPU), so the model runs the code one reads, and loads offline
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch_dtype, quantization_config=quant,
                                                  device_map="auto" if cuda else None, use_kernels=False)
-    if load_in_4bit:
-        disable_cpu_bf16_kernel(model)
+    if load_in_4bit:  # bitsandbytes' AVX512-BF16 CPU kernel breaks the LoRA backward after a no-grad forward
+        import bitsandbytes as bnb
+        for module in model.modules():
+            if isinstance(module, bnb.nn.Linear4bit):
+                module.support_avx512bf16_for_cpu = False
     if trainable and cuda:  # keep each layer's input, recompute the rest of the layer in the backward
         model.activation_checkpointing_enable()
     if adapter:
@@ -64,12 +67,3 @@ def load_policy(name: str, *, load_in_4bit: bool | None = None, dtype: str = "au
         model = get_peft_model(model, lora)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
-
-
-def disable_cpu_bf16_kernel(model):
-    """bitsandbytes' AVX512-BF16 CPU kernel breaks the LoRA backward after a no-grad forward; the generic one works."""
-    import bitsandbytes as bnb
-
-    for module in model.modules():
-        if isinstance(module, bnb.nn.Linear4bit):
-            module.support_avx512bf16_for_cpu = False

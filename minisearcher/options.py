@@ -8,22 +8,13 @@ from .rollout import RolloutConfig
 from .serve import HTTPRetriever
 
 
-def positive(kind):
-    """An argparse type: a number of `kind` above 0 (named after kind: argparse's error reads 'invalid int value')."""
+def positive(kind, zero_ok: bool = False):
+    """An argparse type: a number of `kind` above 0, or at least 0 if zero_ok (named after kind: argparse's error
+    then reads 'invalid int value')."""
     def parse(text):
         value = kind(text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-        return value
-    parse.__name__ = kind.__name__
-    return parse
-
-
-def at_least_0(kind):
-    def parse(text):
-        value = kind(text)
-        if value < 0:
-            raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+        if value < 0 or (value == 0 and not zero_ok):
+            raise argparse.ArgumentTypeError(f"must be {'>=' if zero_ok else '>'} 0, got {text}")
         return value
     parse.__name__ = kind.__name__
     return parse
@@ -58,7 +49,7 @@ def open_retriever(args):
 
 def add_rollout_options(p: argparse.ArgumentParser, defaults: RolloutConfig):
     p.add_argument("--top-k", type=positive(int), default=defaults.top_k, help="passages per search")
-    p.add_argument("--max-searches", type=at_least_0(int), default=defaults.max_searches,
+    p.add_argument("--max-searches", type=positive(int, zero_ok=True), default=defaults.max_searches,
                    help="searches per episode; then the system tells the model to answer")
     p.add_argument("--doc-tokens", type=positive(int), default=defaults.doc_tokens,
                    help="each passage is cut to this many tokens")

@@ -26,12 +26,12 @@ def use_chat(tokenizer, prompt: str = "auto") -> bool:
     return tokenizer.chat_template is not None if prompt == "auto" else prompt == "chat"
 
 
-def build_prompt(tokenizer, question: str, chat: bool) -> str:
+def build_prompt(tokenizer, question: str, chat: bool, instructions: str = INSTRUCTIONS) -> str:
     """The text the episode starts from. It always ends with <think>, so the response never writes one itself."""
     if chat:  # instruct model: the instructions as a system message through the model's own chat template
-        messages = [{"role": "system", "content": INSTRUCTIONS}, {"role": "user", "content": question}]
+        messages = [{"role": "system", "content": instructions}, {"role": "user", "content": question}]
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + THINK
-    return f"{INSTRUCTIONS}\n\nUser: {question}\nAssistant: {THINK}"
+    return f"{instructions}\n\nUser: {question}\nAssistant: {THINK}"
 
 
 def documents_block(passages: list[dict], tokenizer=None, max_tokens: int | None = None) -> str:
@@ -80,13 +80,10 @@ RAG_INSTRUCTIONS = NAIVE_INSTRUCTIONS + (
 
 
 def build_baseline_prompt(tokenizer, question: str, chat: bool, documents: str = "") -> str:
-    """The naive prompt, or with a documents block the RAG prompt; like build_prompt it ends with <think>."""
-    instructions = RAG_INSTRUCTIONS if documents else NAIVE_INSTRUCTIONS
-    user = f"{documents.strip()}\n\n{question}" if documents else question
-    if chat:
-        messages = [{"role": "system", "content": instructions}, {"role": "user", "content": user}]
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + THINK
-    return f"{instructions}\n\nUser: {user}\nAssistant: {THINK}"
+    """The naive prompt, or with a documents block the RAG prompt: build_prompt's with other instructions."""
+    if documents:
+        return build_prompt(tokenizer, f"{documents.strip()}\n\n{question}", chat, RAG_INSTRUCTIONS)
+    return build_prompt(tokenizer, question, chat, NAIVE_INSTRUCTIONS)
 
 
 PLAIN_INSTRUCTION = "Answer the question with a short phrase only."

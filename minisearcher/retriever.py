@@ -52,8 +52,6 @@ def pairs(words: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 class BM25:
     def __init__(self, passages: list[dict], k1: float = 1.5, b: float = 0.75, epsilon: float = 0.25):
-        if not passages:
-            raise ValueError("the corpus has no passages")
         self.passages = passages
         self.vocab: dict[str, int] = {}
         # word ids, one array per passage as soon as it is tokenised: the words of every passage as Python strings
@@ -62,7 +60,7 @@ class BM25:
         doc_len = np.array([len(w) for w in words])  # (N,)
         N, V = len(passages), len(self.vocab)
         if V == 0:
-            raise ValueError("the corpus has no words to index: every passage's title and text are empty")
+            raise ValueError("the corpus has no words to index: no passages, or only empty ones")
         word, self.doc, tf = pairs(words)  # sorted by word: a compressed sparse column matrix (V x N)
         self.indptr = np.searchsorted(word, np.arange(V + 1))  # word w's entries: indptr[w]:indptr[w+1]
         df = np.diff(self.indptr)  # (V,) passages containing each word

@@ -1,7 +1,8 @@
 """Answer metrics, the format check and the two stages' rewards.
 
 Everything here reads only the text the model itself wrote (the documents the system injected are not part of it),
-so a retrieved passage that happens to contain "<answer>" cannot earn or lose a reward (DESIGN invariant 3).
+so a retrieved passage that happens to contain "<answer>" cannot earn or lose a reward (invariant 3 of
+docs/ARCHITECTURE.md).
 """
 import re
 import string

@@ -11,8 +11,9 @@ Rows that wait (paused or done) feed a padding token whose attention-mask entry 
 query ever attends to; positions count real tokens only, so a row sees the same positions as its unpadded sequence.
 Rows that are done leave the batch at the end of the round.
 
-DESIGN invariant 1 (token exactness): an episode's ids are exactly the sampled ids plus the ids of each documents
-block, tokenised on its own; the text is never tokenised again. Invariant 2: loss_mask is 1 on sampled ids only.
+The invariants of docs/ARCHITECTURE.md hold here. 1, token exactness: an episode's ids are exactly the sampled ids
+plus the ids of each documents block, tokenised on its own; the text is never tokenised again. 2, masking: loss_mask
+is 1 on sampled ids only.
 """
 from dataclasses import dataclass
 

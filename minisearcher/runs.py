@@ -4,8 +4,6 @@
     OUT/metrics.jsonl   one line per step (with --report-to, also TensorBoard's or Weights & Biases' record)
     OUT/sft/, OUT/stage1/, OUT/stage2/   each phase's LoRA adapter, saved when the phase ends
     OUT/checkpoint/     the adapter and the optimizer's state, every --save-every steps and at each phase boundary
-
-A folder is written to a temporary one and swapped in: an interrupted save never leaves a half-written folder.
 """
 import json
 import os

@@ -82,7 +82,7 @@ class HTTPRetriever:
     """Searches through a retrieval server: http://host:port, or its full address ending in /retrieve."""
 
     def __init__(self, url: str, timeout: float = 120):
-        self.url = url.rstrip("/") if url.rstrip("/").endswith("/retrieve") else url.rstrip("/") + "/retrieve"
+        self.url = url.rstrip("/").removesuffix("/retrieve") + "/retrieve"
         self.timeout = timeout
         self.search(["test"], 1)  # nothing answers, or something else does: say so now, before a model is loaded
 
