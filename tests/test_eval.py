@@ -1,6 +1,8 @@
 """Evaluation: the paper's metrics by hand, and the three modes on a real (tiny) Qwen2 with the real tokenizer;
 eval.py's files and errors."""
+import importlib.util
 import json
+import os
 import random
 
 import pytest
@@ -188,3 +190,13 @@ def test_bad_option_is_refused(option, capsys):
     with pytest.raises(SystemExit):
         eval_cli.parse_args(["--data", "q.jsonl", "--corpus", "c.jsonl", "--mode", "rag", *option])
     assert "must be" in capsys.readouterr().err
+
+
+def test_paired_bootstrap_interval():
+    spec = importlib.util.spec_from_file_location("paired", os.path.join(os.path.dirname(__file__), "..",
+                                                                          "benchmarks", "paired.py"))
+    paired = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(paired)
+    assert paired.paired_bootstrap([1.0] * 50, [1.0] * 50) == (0.0, 0.0, 0.0)
+    diff, low, high = paired.paired_bootstrap([0.0] * 100, [1.0] * 30 + [0.0] * 70)  # 30 questions better, 0 worse
+    assert diff == pytest.approx(0.3) and 0.2 < low < 0.3 < high < 0.4  # +-1.96 sqrt(0.3 * 0.7 / 100) = +-0.09
