@@ -192,11 +192,34 @@ def test_bad_option_is_refused(option, capsys):
     assert "must be" in capsys.readouterr().err
 
 
+def load_benchmark(name: str):
+    """A script of benchmarks/ as a module (the folder is not a package)."""
+    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_paired_bootstrap_interval():
-    spec = importlib.util.spec_from_file_location("paired", os.path.join(os.path.dirname(__file__), "..",
-                                                                          "benchmarks", "paired.py"))
-    paired = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(paired)
+    paired = load_benchmark("paired")
     assert paired.paired_bootstrap([1.0] * 50, [1.0] * 50) == (0.0, 0.0, 0.0)
     diff, low, high = paired.paired_bootstrap([0.0] * 100, [1.0] * 30 + [0.0] * 70)  # 30 questions better, 0 worse
     assert diff == pytest.approx(0.3) and 0.2 < low < 0.3 < high < 0.4  # +-1.96 sqrt(0.3 * 0.7 / 100) = +-0.09
+
+
+def test_comparisons_count_answers_naming_both_candidates():
+    comparisons = load_benchmark("comparisons")
+    film = "Which film was released earlier, Drive, He Said or Ocean Of Pearls?"
+    born = "Who was born first out of Paul L. Friedman and Abdelghani Mouaoui?"
+    assert comparisons.candidates(film, ["Drive, He Said"]) == ("Drive, He Said", "Ocean Of Pearls")
+    assert comparisons.candidates(born, ["Paul L. Friedman"]) == ("Paul L. Friedman", "Abdelghani Mouaoui")
+    assert comparisons.candidates("Who is the father of Emperor Taizong Of Song?", ["Zhao Hongyin"]) is None
+    rows = [{"question": film, "golds": ["Drive, He Said"], "prediction": p} for p in
+            ["Drive, He Said", "Drive, He Said came out before Ocean of Pearls.", "Ocean Of Pearls"]]
+    rows.append({"question": born, "golds": ["Paul L. Friedman"], "prediction": "Abdelghani Mouaoui"})
+    rows.append({"question": "Who is the father of Emperor Taizong Of Song?", "golds": ["Zhao Hongyin"],
+                 "prediction": "Zhao Hongyin, not Zhao Kuangyin"})
+    for row in rows:
+        row["cover_em"] = cover_em(row["prediction"], row["golds"])
+    assert comparisons.count(rows) == (4, 2.0, 1, 3.0)  # 4 comparisons, 2 right, 1 of them naming both
