@@ -16,7 +16,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from minisearcher.data import read_jsonl  # noqa: E402
 from minisearcher.rewards import cover_em  # noqa: E402
 
-# the shapes of 2Wiki's comparisons (and most of HotpotQA's): "..., X or Y?", "Was X or Y born first?", "... of X and Y?"
+# the shapes of 2Wiki's comparisons (and most of HotpotQA's): "..., X or Y?", "Was X or Y born first?",
+# "... out of X and Y?"
 CANDIDATES = [re.compile(p) for p in (
     r"[,:] (.+) or (.+?)(?:, [^,]*)?\s*\?\s*$",
     r"^(?:Was|Were|Is|Are|Did|Does) (.+?) or (.+?) (?:born|older|younger|come|released|founded|formed)",
@@ -55,6 +56,7 @@ def main():
         comparisons, hits, both, total = count(rows)
         print(f"| {path} | {len(rows)} | {comparisons} | {hits:.0f} | {both} | {total / len(rows):.2f} "
               f"| {(total - both) / len(rows):.2f} |")
+
 
 if __name__ == "__main__":
     main()
