@@ -3,7 +3,9 @@
 A comparison ("Which film came out first, X or Y?", "Who was born first out of X and Y?") has its gold answer written
 in the question. Cover-EM counts an answer right when it holds every word of the gold, so "X came out before Y" is
 right whichever of X and Y is. For each prediction file of eval.py (OUT.<set>.jsonl) this prints the comparisons,
-their Cover-EM hits, the hits that name both candidates, and the set's Cover-EM with those hits counted wrong.
+their Cover-EM hits, the hits that name both candidates, the other questions (the multi-hop ones: "Where was the
+director of film X born?"), their hits and how many of their answers the model's searches found, and the set's
+Cover-EM with the hits naming both candidates counted wrong.
 
     python benchmarks/comparisons.py runs/seed1-t07/eval/stage2.2wiki_500.jsonl base/naive-plain.2wiki_500.jsonl
 """
@@ -34,12 +36,15 @@ def candidates(question: str, golds: list[str]) -> tuple[str, str] | None:
     return None
 
 
-def count(rows: list[dict]) -> tuple[int, float, int, float]:
-    """(comparisons, their Cover-EM hits, the hits whose answer names both candidates, Cover-EM summed over rows)."""
-    comparisons = [(r, pair) for r in rows if (pair := candidates(r["question"], r["golds"]))]
-    hits = sum(r["cover_em"] for r, _ in comparisons)
-    both = sum(bool(r["cover_em"]) and all(cover_em(r["prediction"], [c]) for c in pair) for r, pair in comparisons)
-    return len(comparisons), hits, both, sum(r["cover_em"] for r in rows)
+def count(rows: list[dict]) -> dict:
+    pairs = [candidates(r["question"], r["golds"]) for r in rows]
+    comparisons = [(r, pair) for r, pair in zip(rows, pairs) if pair]
+    others = [r for r, pair in zip(rows, pairs) if not pair]
+    return {"comparisons": len(comparisons), "their hits": sum(r["cover_em"] for r, _ in comparisons),
+            "hits naming both": sum(bool(r["cover_em"]) and all(cover_em(r["prediction"], [c]) for c in pair)
+                                    for r, pair in comparisons),
+            "others": len(others), "others' hits": sum(r["cover_em"] for r in others),
+            "others' answer found": sum(r["found"] for r in others), "Cover-EM": sum(r["cover_em"] for r in rows)}
 
 
 def main():
@@ -50,12 +55,13 @@ def main():
         files = {path: [row for _, row in read_jsonl(path)] for path in args.predictions}
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
-    print("| predictions | n | comparisons | their hits | hits naming both | Cover-EM | without those |")
-    print("|---|---|---|---|---|---|---|")
+    columns = ["comparisons", "their hits", "hits naming both", "others", "others' hits", "others' answer found"]
+    print("| predictions | n | " + " | ".join(columns) + " | Cover-EM | without those naming both |")
+    print("|---" * (len(columns) + 4) + "|")
     for path, rows in files.items():
-        comparisons, hits, both, total = count(rows)
-        print(f"| {path} | {len(rows)} | {comparisons} | {hits:.0f} | {both} | {total / len(rows):.2f} "
-              f"| {(total - both) / len(rows):.2f} |")
+        c = count(rows)
+        print(f"| {path} | {len(rows)} | " + " | ".join(f"{c[k]:.0f}" for k in columns)
+              + f" | {c['Cover-EM'] / len(rows):.2f} | {(c['Cover-EM'] - c['hits naming both']) / len(rows):.2f} |")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ import importlib.util
 import json
 import os
 import random
+import sys
 
 import pytest
 
@@ -193,8 +194,11 @@ def test_bad_option_is_refused(option, capsys):
 
 
 def load_benchmark(name: str):
-    """A script of benchmarks/ as a module (the folder is not a package)."""
-    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", f"{name}.py")
+    """A script of benchmarks/ as a module (the folder is not a package; its scripts import each other as siblings)."""
+    folder = os.path.join(os.path.dirname(__file__), "..", "benchmarks")
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    path = os.path.join(folder, f"{name}.py")
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -220,6 +224,17 @@ def test_comparisons_count_answers_naming_both_candidates():
     rows.append({"question": born, "golds": ["Paul L. Friedman"], "prediction": "Abdelghani Mouaoui"})
     rows.append({"question": "Who is the father of Emperor Taizong Of Song?", "golds": ["Zhao Hongyin"],
                  "prediction": "Zhao Hongyin, not Zhao Kuangyin"})
+    rows.append({"question": "Who is David Miliband's mother?", "golds": ["Marion Kozak"], "prediction": "Ed Miliband",
+                 "found": True})
     for row in rows:
         row["cover_em"] = cover_em(row["prediction"], row["golds"])
-    assert comparisons.count(rows) == (4, 2.0, 1, 3.0)  # 4 comparisons, 2 right, 1 of them naming both
+        row.setdefault("found", False)
+    assert comparisons.count(rows) == {"comparisons": 4, "their hits": 2.0, "hits naming both": 1, "others": 2,
+                                       "others' hits": 1.0, "others' answer found": 1, "Cover-EM": 3.0}
+
+
+def test_a_bridging_query_names_what_the_question_does_not():
+    bridges = load_benchmark("queries").bridges
+    question = "Where was the director of film Revenge Of The Ninja born?"
+    assert not bridges(question, ["Revenge of the Ninja director", "director of Revenge Of The Ninja birthplace"])
+    assert bridges(question, ["Revenge of the Ninja director", "Sam Firstenberg birthplace"])
