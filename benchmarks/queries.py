@@ -5,8 +5,9 @@ This replays the queries of R1-Searcher's own trajectory for each of those quest
 through this project's BM25 over wiki-mini.jsonl, with the same top-k and passage length, and counts found the same
 way (evaluation.found), comparisons and the other questions apart (benchmarks/comparisons.py). Where the two differ
 it is the queries, not the retriever or the corpus. It also counts the episodes with a bridging query: one that
-names a capitalised word the question does not, the way a second hop names what the first one found ("Sam
-Firstenberg birthplace" after "Revenge of the Ninja director"). The evaluation split (the first 100 questions of
+names a capitalised word the question does not and an earlier search's documents do, the way a second hop names what
+the first one found ("Sam Firstenberg birthplace" after "Revenge of the Ninja director"). It prints Cover-EM beside
+them, to set what the searches find against what the model reads out. The evaluation split (the first 100 questions of
 each file) is left out: its trajectories are never used.
 
     python eval.py --model "$GGUF" --adapter runs/seed1/stage2 --mode search \
@@ -28,13 +29,17 @@ from minisearcher.prompts import documents_block  # noqa: E402
 from minisearcher.retriever import BM25  # noqa: E402
 from minisearcher.sft import TRAJECTORY_SEARCH, from_trajectory  # noqa: E402
 
-CAPITALISED = re.compile(r"\b[A-Z][\w'-]+")
+CAPITALISED = re.compile(r"\b[A-Z][\w-]+")
 
 
-def bridges(question: str, queries: list[str]) -> bool:
-    """Does a query name a capitalised word that the question does not?"""
-    asked = question.lower()
-    return any(word.lower() not in asked for q in queries for word in CAPITALISED.findall(q))
+def bridges(question: str, searches: list[tuple[str, str]]) -> bool:
+    """Does a query name a capitalised word that the question does not, read in an earlier search's documents?"""
+    asked, read = question.lower(), ""
+    for query, documents in searches:  # (query, the documents it brought), in order
+        if any(word.lower() not in asked and word.lower() in read for word in CAPITALISED.findall(query)):
+            return True
+        read += documents.lower()
+    return False
 
 
 def main():
@@ -64,17 +69,20 @@ def main():
 
     print(f"{len(rows)} questions of {args.predictions} with a trajectory in {args.traces}; {bm25}, top {args.top_k}, "
           f"{args.doc_tokens} tokens a passage\n")
-    print("| questions | n | found, the model's queries | found, R1-Searcher's queries | bridging, the model | "
-          "bridging, R1-Searcher | searches, the model | searches, R1-Searcher |\n|---|---|---|---|---|---|---|---|")
+    print("| questions | n | right (Cover-EM) | found, the model's queries | found, R1-Searcher's queries | "
+          "bridging, the model | bridging, R1-Searcher | searches, the model | searches, R1-Searcher |\n"
+          + "|---" * 9 + "|")
     for kind in ("comparisons", "others"):
         group = [r for r in rows if bool(candidates(r["question"], r["golds"])) == (kind == "comparisons")]
         theirs = [trajectories[r["question"]] for r in group]
-        their_queries = [[q.strip() for q, _ in TRAJECTORY_SEARCH.findall(t)] for t in theirs]
-        counts = [sum(r["found"] for r in group),
+        their_searches = [TRAJECTORY_SEARCH.findall(t) for t in theirs]
+        our_searches = [list(zip(r["queries"], [text for text, by_model in r["segments"] if not by_model]))
+                        for r in group]
+        counts = [round(sum(r["cover_em"] for r in group)), sum(r["found"] for r in group),
                   sum(found(from_trajectory(t, documents), r["golds"]) for t, r in zip(theirs, group)),
-                  sum(bridges(r["question"], r["queries"]) for r in group),
-                  sum(bridges(r["question"], qs) for r, qs in zip(group, their_queries))]
-        searches = [sum(r["searches"] for r in group), sum(map(len, their_queries))]
+                  sum(bridges(r["question"], s) for r, s in zip(group, our_searches)),
+                  sum(bridges(r["question"], s) for r, s in zip(group, their_searches))]
+        searches = [sum(r["searches"] for r in group), sum(map(len, their_searches))]
         n = max(len(group), 1)
         print(f"| {kind} | {len(group)} | " + " | ".join(f"{c} ({c / n:.2f})" for c in counts) + " | "
               + " | ".join(f"{s / n:.2f}" for s in searches) + " |")
