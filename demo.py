@@ -1,4 +1,4 @@
-"""The offline demo: a tiny model learns to search a fictional world, on a laptop CPU, in 10 to 15 minutes.
+"""The offline demo: a tiny model learns to search a fictional world, on a laptop CPU, in about 10 minutes.
 
     python demo.py            # writes runs/demo/: summary.json, training.png, metrics.jsonl, the adapters
 

@@ -22,7 +22,8 @@ COLUMNS = ["n", "em", "f1", "cover_em", "answered", "format_ok", "found", "searc
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__ + evaluation.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__ + evaluation.__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_options(p)
     p.add_argument("--data", nargs="+", required=True,
                    help="JSON-lines files with question/answer, or `datasets` names[:config][@split]")

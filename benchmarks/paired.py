@@ -17,7 +17,8 @@ from minisearcher.data import read_jsonl  # noqa: E402
 METRICS = ["em", "f1", "cover_em", "format_ok", "found"]
 
 
-def paired_bootstrap(a: list[float], b: list[float], resamples: int = 10_000, seed: int = 0) -> tuple[float, float, float]:
+def paired_bootstrap(a: list[float], b: list[float], resamples: int = 10_000,
+                     seed: int = 0) -> tuple[float, float, float]:
     """(mean of b - a, low, high of its 95% interval)."""
     diffs = [y - x for x, y in zip(a, b)]
     rng, n = random.Random(seed), len(diffs)

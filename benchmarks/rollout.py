@@ -107,7 +107,8 @@ def naive_rollout(model, tokenizer, retriever, prompts: list[str], cfg: RolloutC
                 break
             out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=budget,
                                  do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
-                                 stop_strings=[END_QUERY, END_ANSWER], tokenizer=tokenizer)
+                                 stop_strings=[END_QUERY, END_ANSWER], tokenizer=tokenizer,
+                                 pad_token_id=tokenizer.pad_token_id)
             new = out[0, ids.shape[1]:]
             sampled += len(new)
             turn = tokenizer.decode(new, skip_special_tokens=True)
@@ -239,7 +240,7 @@ def main():
     def generate():
         batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
         out = model.generate(**batch, do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=per_row,
-                             min_new_tokens=per_row)
+                             min_new_tokens=per_row, pad_token_id=tokenizer.pad_token_id)
         return (out.shape[1] - batch.input_ids.shape[1]) * n, None
 
     runs["plain generate (no search)"] = measure(generate, counter, args.seed, args.repeat)

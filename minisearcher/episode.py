@@ -27,5 +27,5 @@ class Episode:
     def extend(self, ids: list[int], text: str, by_model: bool, logprobs: list[float] | None = None):
         self.ids += ids
         self.loss_mask += [int(by_model)] * len(ids)
-        self.logprobs += logprobs if by_model else [0.0] * len(ids)
+        self.logprobs += logprobs if by_model and logprobs is not None else [0.0] * len(ids)
         self.segments.append((text, by_model))

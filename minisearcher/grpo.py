@@ -68,13 +68,13 @@ def token_logprobs(model, ids: torch.Tensor, attention: torch.Tensor, K: int, te
     """(N, K) log pi_T(token | prefix) of the last K tokens of each row, pi_T = softmax(logits / T), the policy the
     rollout sampled from; 0 where `mask` (N, K) is 0: the loss reads only the tokens the policy sampled, so the prompt,
     the documents and the padding cost no logits. Positions count real tokens only, as in the rollout, so the same
-    ids give the same log-probs (token exactness).
+    ids give the same log-probs (token exactness), up to float rounding: the rollout computed them a token at a time.
 
     The transformer runs once over the whole sequence; its hidden states go through the vocabulary head CHUNK
     positions at a time, and each chunk's logits are recomputed in the backward instead of kept, so (N, K, V) logits
     never exist: at V = 151,936 they would outweigh a 3B model's 4-bit weights."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft wraps the transformers model
-    positions = (attention.cumsum(1) - 1).clamp(min=0)
+    positions = (attention.cumsum(1) - 1).clamp(min=0)  # (N, T)
     hidden = base.model(input_ids=ids, attention_mask=attention, position_ids=positions, use_cache=False)
     hidden = hidden.last_hidden_state[:, -K - 1:-1]  # (N, K, H): the state at t predicts the token at t + 1
     targets = ids[:, -K:]  # (N, K)
@@ -147,7 +147,7 @@ def grpo_loss(logp, old_logp, ref_logp, advantages, mask, cfg: GRPOConfig, n_tok
 
     logp, old_logp, ref_logp, mask: (N, K); advantages: (N,). ref_logp is None when beta = 0.
     """
-    ratio = torch.exp(logp - old_logp)  # rho = pi / pi_old
+    ratio = torch.exp(logp - old_logp)  # (N, K) rho = pi / pi_old
     A = advantages[:, None]
     surrogate = torch.min(ratio * A, torch.clamp(ratio, 1 - cfg.clip_eps, 1 + cfg.clip_eps) * A)
     per_token = -surrogate

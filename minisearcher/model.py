@@ -48,10 +48,12 @@ def load_policy(name: str, *, load_in_4bit: bool | None = None, dtype: str = "au
     torch_dtype = getattr(torch, dtype) if dtype != "auto" else torch.bfloat16 if cuda else torch.float32
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                bnb_4bit_compute_dtype=torch_dtype) if load_in_4bit else None
-    # use_kernels=False: no layer is swapped for a kernel fetched from the hub at load time (transformers' default
-    # on a GPU), so the model runs the code one reads, and loads offline
+    # the whole model on this process's GPU (torchrun gives each process its own; "auto" would spread every process's
+    # copy over all of them); use_kernels=False: no layer is swapped for a kernel fetched from the hub at load time
+    # (transformers' default on a GPU), so the model runs the code one reads, and loads offline
+    device_map = {"": torch.cuda.current_device()} if cuda else None
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch_dtype, quantization_config=quant,
-                                                 device_map="auto" if cuda else None, use_kernels=False)
+                                                 device_map=device_map, use_kernels=False)
     if load_in_4bit:  # bitsandbytes' AVX512-BF16 CPU kernel breaks the LoRA backward after a no-grad forward
         import bitsandbytes as bnb
         for module in model.modules():
@@ -65,5 +67,4 @@ def load_policy(name: str, *, load_in_4bit: bool | None = None, dtype: str = "au
         lora = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=0.0, target_modules="all-linear",
                           task_type="CAUSAL_LM")
         model = get_peft_model(model, lora)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer

@@ -24,7 +24,8 @@ def add_model_options(p: argparse.ArgumentParser):
     p.add_argument("--model", default="Qwen/Qwen2.5-0.5B-Instruct", help="hub id, local folder or .gguf file")
     p.add_argument("--adapter", help="a peft adapter folder written by train.py (e.g. OUT/stage1)")
     p.add_argument("--prompt", choices=["auto", "base", "chat"], default="auto",
-                   help="prompt template; auto: chat if the tokenizer has a chat template")
+                   help="prompt template; auto: chat if the tokenizer has a chat template (a base Qwen2.5 has one: "
+                        "give it base)")
     p.add_argument("--retriever", default="bm25",
                    help="bm25: BM25 over --corpus, built at start; a folder: an index built by python -m "
                         "minisearcher.index; http://host:port: a retrieval server (python -m minisearcher.serve, or "
@@ -104,7 +105,8 @@ def recipe_options(p: argparse.ArgumentParser, path: str) -> dict:
         try:
             values = [action.type(str(v)) if action.type else str(v) for v in (value if many else [value])]
         except (ValueError, argparse.ArgumentTypeError) as e:
-            p.error(f"--config {path}: {key}: invalid {getattr(action.type, '__name__', 'option')} value {value!r} ({e})")
+            kind = getattr(action.type, '__name__', 'option')
+            p.error(f"--config {path}: {key}: invalid {kind} value {value!r} ({e})")
         if action.choices and any(v not in action.choices for v in values):
             p.error(f"--config {path}: {key} must be one of {', '.join(map(str, action.choices))}, got {value!r}")
         options[action.dest] = values if many else values[0]

@@ -22,12 +22,14 @@ EMPTY_QUERY = "The query is empty: write keywords between the query tags."
 
 def use_chat(tokenizer, prompt: str = "auto") -> bool:
     """The one rule for the template: "chat" or "base" as asked; "auto": chat if the tokenizer has a chat template
-    (an instruct model), else the plain-text base prompt."""
+    (an instruct model), else the plain-text base prompt. Some base checkpoints ship a template too (Qwen2.5's do):
+    give them "base"."""
     return tokenizer.chat_template is not None if prompt == "auto" else prompt == "chat"
 
 
 def build_prompt(tokenizer, question: str, chat: bool, instructions: str = INSTRUCTIONS) -> str:
-    """The text the episode starts from. It always ends with <think>, so the response never writes one itself."""
+    """The text the episode starts from. It always ends with <think>, so the response must not write one
+    (format_ok rejects it)."""
     if chat:  # instruct model: the instructions as a system message through the model's own chat template
         messages = [{"role": "system", "content": instructions}, {"role": "user", "content": question}]
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + THINK

@@ -51,8 +51,8 @@ def feed(model, tokens: list[list[int]], cache, mask: torch.Tensor, pad_id: int)
     mask: (R, S) 1 on the real tokens already in the cache. Returns the next-token logits (R, V) and the new mask.
     """
     R, L = len(tokens), max(map(len, tokens))
-    ids = torch.full((R, L), pad_id, dtype=torch.long)
-    new = torch.zeros((R, L), dtype=torch.long)
+    ids = torch.full((R, L), pad_id, dtype=torch.long)  # (R, L)
+    new = torch.zeros((R, L), dtype=torch.long)  # (R, L) 1 on the pending tokens
     for r, t in enumerate(tokens):
         if t:
             ids[r, L - len(t):], new[r, L - len(t):] = torch.tensor(t), 1
@@ -102,7 +102,7 @@ def rollout(model, tokenizer, retriever, prompts: list[str], cfg: RolloutConfig,
     # the G episodes of a question share their prompt: feed each distinct prompt once, then copy its cache rows
     distinct = {p: i for i, p in enumerate(dict.fromkeys(prompts))}
     cache, mask = DynamicCache(), torch.zeros((len(distinct), 0), dtype=torch.long, device=device)
-    logits, mask = feed(model, [tokenizer(p, add_special_tokens=False).input_ids for p in distinct], cache, mask,
+    logits, mask = feed(model, [episodes[prompts.index(p)].prompt_ids for p in distinct], cache, mask,
                         tokenizer.pad_token_id)
     copies = torch.tensor([distinct[p] for p in prompts], device=device)  # (N,) the prompt row of each episode
     cache.batch_select_indices(copies)

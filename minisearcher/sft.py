@@ -12,8 +12,8 @@ from typing import Callable
 from .data import gold_answers, read_jsonl
 from .episode import Episode
 from .grpo import all_sum, collate, optimizer_step, token_logprobs
-from .prompts import (ANSWER, BEGIN_DOCS, BEGIN_QUERY, END_ANSWER, END_DOCS, END_QUERY, END_THINK,
-                      documents_block)
+from .prompts import (ANSWER, BEGIN_DOCS, BEGIN_QUERY, EMPTY_QUERY, END_ANSWER, END_DOCS, END_QUERY, END_THINK,
+                      documents_block, message_block)
 from .rewards import cover_em, format_ok
 from .rollout import RolloutConfig
 
@@ -28,6 +28,8 @@ def load_traces(path: str, tokenizer, retriever, cfg: RolloutConfig, exclude: se
     traces, skipped = [], Counter()
 
     def documents(query: str) -> str:  # what a rollout injects for that query
+        if not query:
+            return message_block(EMPTY_QUERY)
         return documents_block(retriever.search([query], cfg.top_k)[0], tokenizer, cfg.doc_tokens)
 
     for n, row in read_jsonl(path):
@@ -126,7 +128,7 @@ def trace_episode(tokenizer, prompt: str, segments: list[tuple[str, bool]]) -> E
     episode = Episode(tokenizer(prompt, add_special_tokens=False).input_ids)
     for text, by_model in segments:
         ids = tokenizer(text, add_special_tokens=False).input_ids
-        episode.extend(ids, text, by_model, [0.0] * len(ids))
+        episode.extend(ids, text, by_model)
     return episode
 
 

@@ -239,5 +239,5 @@ def test_a_bridging_query_names_what_the_question_does_not():
     first = ("Revenge of the Ninja director", "(1) Revenge of the Ninja is a 1983 film directed by Sam Firstenberg.")
     assert bridges(question, [first, ("Sam Firstenberg birthplace", "(1) Sam Firstenberg was born in Poland.")])
     assert not bridges(question, [first, ("director of Revenge Of The Ninja birthplace", "")])
-    assert not bridges(question, [first, ("Birthplace of the director", "")])  # a capital, but nothing read
+    assert not bridges(question, [first, ("Birthplace of the director", "")])  # a word never read
     assert not bridges(question, [("Sam Firstenberg", "(1) Sam Firstenberg was born in Poland."), first])  # unread

@@ -7,7 +7,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from minisearcher.data import load_corpus, load_questions
-from minisearcher.prompts import BEGIN_DOCS, BEGIN_QUERY, END_QUERY, build_prompt, documents_block
+from minisearcher.prompts import (BEGIN_DOCS, BEGIN_QUERY, EMPTY_QUERY, END_QUERY, build_prompt, documents_block,
+                                  message_block)
 from minisearcher.retriever import BM25
 from minisearcher.rollout import RolloutConfig
 from minisearcher.sft import load_traces, sft_step, trace_episode
@@ -68,6 +69,19 @@ def test_trajectories_become_traces_in_this_projects_protocol(rows, wiki, qwen_t
             assert episode.loss_mask[start:start + len(ids)] == [int(by_model)] * len(ids)
             start += len(ids)
         assert start == len(episode.ids) <= CFG.max_episode_tokens
+
+
+def test_an_empty_query_gets_what_a_rollout_injects_for_it(rows, wiki, qwen_tokenizer_dir, tmp_path):
+    row = dict(rows[0][0])
+    text = row["trajectory"]
+    start = text.index(BEGIN_QUERY) + len(BEGIN_QUERY)
+    row["trajectory"] = text[:start] + text[text.index(END_QUERY, start):]
+    path = tmp_path / "trajectories.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    traces, _ = load_traces(str(path), AutoTokenizer.from_pretrained(qwen_tokenizer_dir), wiki, CFG, set())
+    segments = traces[0]["segments"]
+    assert segments[0][0].endswith(BEGIN_QUERY + END_QUERY)
+    assert segments[1] == (message_block(EMPTY_QUERY), False)  # not BM25's passages for ""
 
 
 def test_a_few_sft_steps_on_real_traces_lower_the_loss(rows, wiki, tiny_qwen_dir, tmp_path):
