@@ -49,7 +49,7 @@ def toy_setup(tokenizer, seed: int = 0):
         style = rng.choice(["full", "full", "full", "one"])  # mostly two searches: several pauses per episode
         e = trace_episode(tokenizer, build_prompt(tokenizer, q["question"], chat=False),
                           sft_trace(q, style, documents, rng))
-        e.extend([tokenizer.eos_token_id], "", True, [0.0])  # so that the model learns to stop
+        e.extend([tokenizer.eos_token_id], "", True)  # so that the model learns to stop
         episodes.append(e)
     return world, retriever, episodes
 

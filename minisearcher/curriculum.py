@@ -139,7 +139,7 @@ def page(tokenizer, ids: list[int]) -> Episode:
     """A page of text as an episode whose every token but the first (its prompt) is the model's: language modelling
     is then the same sft_step as the traces."""
     episode = Episode(ids[:1])
-    episode.extend(ids[1:], tokenizer.decode(ids[1:]), True, [0.0] * (len(ids) - 1))
+    episode.extend(ids[1:], tokenizer.decode(ids[1:]), True)
     return episode
 
 

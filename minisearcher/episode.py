@@ -11,7 +11,7 @@ class Episode:
     prompt_ids: list[int]
     ids: list[int] = field(default_factory=list)  # the response: sampled and injected ids, in order
     loss_mask: list[int] = field(default_factory=list)  # 1 where the policy sampled the id, 0 where the system wrote it
-    logprobs: list[float] = field(default_factory=list)  # log pi_old of each sampled id (0.0 on injected ids)
+    logprobs: list[float] = field(default_factory=list)  # log pi_old of a sampled id; 0.0 on injected ids and traces
     segments: list[tuple[str, bool]] = field(default_factory=list)  # (text, written by the model?)
     queries: list[str] = field(default_factory=list)  # the searches made
     stop: str = ""  # "answer", "eos", "length" or "unopened" (an end-of-query tag with no query opened)

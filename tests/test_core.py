@@ -202,7 +202,7 @@ def replayer(tiny_qwen_dir, world):
     episodes = []
     for name, (first, injected) in turns.items():
         episode = Episode(ids(prompts[name]))
-        episode.extend(first, tokenizer.decode(first), True, [0.0] * len(first))
+        episode.extend(first, tokenizer.decode(first), True)
         episode.extend(injected, tokenizer.decode(injected), False)
         last = ids(" Done. </think>\n\n<answer> Votek </answer>")
         episode.extend(last, tokenizer.decode(last), True, [0.0] * len(last))
