@@ -205,7 +205,7 @@ def replayer(tiny_qwen_dir, world):
         episode.extend(first, tokenizer.decode(first), True)
         episode.extend(injected, tokenizer.decode(injected), False)
         last = ids(" Done. </think>\n\n<answer> Votek </answer>")
-        episode.extend(last, tokenizer.decode(last), True, [0.0] * len(last))
+        episode.extend(last, tokenizer.decode(last), True)
         episodes.append(episode)
     torch.manual_seed(0)
     memorise(model, tokenizer, episodes, max_steps=300, until=0.02)
