@@ -55,6 +55,8 @@ def parse_args(argv=None):
     p.add_argument("--beta", type=positive(float, zero_ok=True), default=0.001, help="KL penalty weight")
     p.add_argument("--clip-eps", type=positive(float), default=0.2)
     p.add_argument("--temperature", type=positive(float), default=1.0, help="sampling temperature of the rollouts")
+    p.add_argument("--format-penalty", type=positive(float, zero_ok=True), default=2.0,
+                   help="stage 2 rewards a broken format with F1 - this (R1-Searcher: 2)")
     p.add_argument("--dr-grpo", action="store_true", help="centre the advantages without dividing by the std")
     p.add_argument("--reference", choices=["base", "start"], default="base",
                    help="pi_ref of the KL term: the base model (the adapter off), or the model each RL stage starts "
@@ -112,7 +114,8 @@ def train(args, model, tokenizer, retriever, questions, traces):
     chat = use_chat(tokenizer, args.prompt)
     rollout_cfg = rollout_config(args, args.temperature)
     cfg = GRPOConfig(group_size=args.group_size, clip_eps=args.clip_eps, beta=args.beta,
-                     scale_by_std=not args.dr_grpo, updates=args.updates, micro_batch=args.micro_batch)
+                     scale_by_std=not args.dr_grpo, updates=args.updates, micro_batch=args.micro_batch,
+                     format_penalty=args.format_penalty)
     phases = run_phases(args)
     metrics_path, checkpoint = os.path.join(args.out, "metrics.jsonl"), os.path.join(args.out, "checkpoint")
     start_phase, start_step, optimizer_state = phases[0], 0, None

@@ -29,6 +29,7 @@ class GRPOConfig:
     updates: int = 1  # optimizer steps per rollout batch (mini-batches)
     micro_batch: int = 4  # episodes per forward/backward pass; gradients accumulate over a mini-batch
     max_grad_norm: float = 1.0
+    format_penalty: float = 2.0  # stage 2's reward for a broken format is F1 - this
 
 
 def group_advantages(rewards: torch.Tensor, scale_by_std: bool = True, eps: float = 1e-4) -> torch.Tensor:
@@ -212,7 +213,8 @@ def grpo_step(model, tokenizer, retriever, questions: list[dict], optimizer, sta
     golds = [q["answers"] for q in questions for _ in range(G)]
     model.eval()
     episodes = rollout(model, tokenizer, retriever, prompts, rollout_cfg, seeds)
-    rewards = torch.tensor([reward(stage, e.model_text, e.n_searches, g) for e, g in zip(episodes, golds)])
+    rewards = torch.tensor([reward(stage, e.model_text, e.n_searches, g, cfg.format_penalty)
+                            for e, g in zip(episodes, golds)])
     advantages = group_advantages(rewards.view(-1, G), scale_by_std=cfg.scale_by_std).flatten()  # (B * G,)
     model.train()
     stats = grpo_update(model, optimizer, episodes, advantages, tokenizer.pad_token_id, cfg, rollout_cfg.temperature,

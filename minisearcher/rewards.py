@@ -79,9 +79,9 @@ def format_ok(model_text: str) -> bool:
     return queries == [BEGIN_QUERY, END_QUERY] * (len(queries) // 2)
 
 
-def reward(stage: int, model_text: str, n_searches: int, golds: list[str]) -> float:
+def reward(stage: int, model_text: str, n_searches: int, golds: list[str], format_penalty: float = 2.0) -> float:
     ok = format_ok(model_text)
     if stage == 1:  # R = R_retrieval + R_format: learn to use search, in the right format
         return 0.5 * (n_searches > 0) + 0.5 * ok
-    # stage 2: R = F1(answer, gold) + R_format', with R_format' = 0 if the format is right, else -2
-    return f1_score(extract_answer(model_text), golds) + (0.0 if ok else -2.0)
+    # stage 2: R = F1(answer, gold) + R_format', with R_format' = 0 if the format is right, else -2 (the paper's)
+    return f1_score(extract_answer(model_text), golds) - (0.0 if ok else format_penalty)

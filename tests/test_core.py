@@ -282,6 +282,7 @@ def test_format_and_stage_rewards(text, searches, ok, stage1, stage2):
     assert format_ok(text) == ok
     assert reward(1, text, searches, ["Paris"]) == stage1
     assert reward(2, text, searches, ["Paris"]) == pytest.approx(stage2)
+    assert reward(2, text, searches, ["Paris"], format_penalty=0.5) == pytest.approx(stage2 + (0 if ok else 1.5))
 
 
 def test_metrics():
