@@ -7,7 +7,8 @@ import argparse
 import json
 import os
 
-PANELS = [("reward_mean", "mean reward (stage 1: 0..1, stage 2: -2..1)"), ("searches_mean", "searches per episode"),
+PANELS = [("reward_mean", "mean reward\n(stage 1: 0..1; stage 2: F1 - format penalty)"),
+          ("searches_mean", "searches per episode"),
           ("format_ok", "episodes in the right format"), ("f1_mean", "answer F1 of the samples"),
           ("kl", "KL to the reference, per token")]
 
