@@ -83,5 +83,6 @@ def reward(stage: int, model_text: str, n_searches: int, golds: list[str], forma
     ok = format_ok(model_text)
     if stage == 1:  # R = R_retrieval + R_format: learn to use search, in the right format
         return 0.5 * (n_searches > 0) + 0.5 * ok
-    # stage 2: R = F1(answer, gold) + R_format', with R_format' = 0 if the format is right, else -2 (the paper's)
+    # stage 2: R = F1(answer, gold) + R_format', with R_format' = 0 if the format is right, else -format_penalty
+    # (the paper's: -2)
     return f1_score(extract_answer(model_text), golds) - (0.0 if ok else format_penalty)
