@@ -26,6 +26,8 @@ def plot_training(rows: list[dict]):
     fig, axes = plt.subplots(1, len(PANELS), figsize=(4 * len(PANELS), 3.6))
     for stage, colour in [(1, "tab:blue"), (2, "tab:orange")]:
         mine = [(i, r) for i, r in enumerate(rows) if r["stage"] == stage]
+        if not mine:  # a run of one stage (--stage 2 from an adapter) gets no empty line in the legend
+            continue
         for ax, (key, _) in zip(axes, PANELS):
             ax.plot([i for i, _ in mine], [r[key] for _, r in mine], color=colour, label=f"stage {stage}")
     for ax, (_, title) in zip(axes, PANELS):
