@@ -55,6 +55,8 @@ def parse_args(argv=None):
     p.add_argument("--beta", type=positive(float, zero_ok=True), default=0.001, help="KL penalty weight")
     p.add_argument("--clip-eps", type=positive(float), default=0.2)
     p.add_argument("--temperature", type=positive(float), default=1.0, help="sampling temperature of the rollouts")
+    p.add_argument("--stage1-temperature", type=positive(float), help="sampling temperature of stage 1 "
+                   "(default: --temperature)")
     p.add_argument("--format-penalty", type=positive(float, zero_ok=True), default=2.0,
                    help="stage 2 rewards a broken format with F1 - this (R1-Searcher: 2)")
     p.add_argument("--dr-grpo", action="store_true", help="centre the advantages without dividing by the std")
@@ -112,7 +114,6 @@ def train(args, model, tokenizer, retriever, questions, traces):
     lead = not dist.is_initialized() or dist.get_rank() == 0
     report = reporter(args) if lead else None
     chat = use_chat(tokenizer, args.prompt)
-    rollout_cfg = rollout_config(args, args.temperature)
     cfg = GRPOConfig(group_size=args.group_size, clip_eps=args.clip_eps, beta=args.beta,
                      scale_by_std=not args.dr_grpo, updates=args.updates, micro_batch=args.micro_batch,
                      format_penalty=args.format_penalty)
@@ -137,6 +138,8 @@ def train(args, model, tokenizer, retriever, questions, traces):
         if args.reference == "start" and phase != "sft" and first == 0:
             reference = trainable_weights(model)
         n_steps = {"sft": args.sft_steps, "1": args.stage1_steps or args.steps}.get(phase, args.steps)
+        rollout_cfg = rollout_config(args, (args.stage1_temperature or args.temperature) if phase == "1"
+                                     else args.temperature)
         bar = tqdm(range(first, n_steps), desc="cold-start SFT" if phase == "sft" else f"stage {phase}",
                    initial=first, total=n_steps, disable=not lead)
         failed = 0  # steps in a row skipped for a non-finite loss or gradient

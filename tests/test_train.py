@@ -136,6 +136,21 @@ def test_the_same_command_twice_gives_the_same_run(tiny_qwen_dir, toy_files, tmp
     assert any(not torch.equal(a[k], torch.zeros_like(a[k])) for k in a if "lora_B" in k)  # it did train
 
 
+def test_one_command_with_a_stage1_temperature_is_two_commands_of_a_stage_each(tiny_qwen_dir, toy_files, tmp_path):
+    """--stage1-temperature samples stage 1 at its own temperature, so a recipe can hold in one command what was
+    run as two: stage 1 at one temperature, then stage 2 at another from the stage-1 adapter (--adapter)."""
+    run_toy(tiny_qwen_dir, toy_files, tmp_path / "one", "--stage1-temperature", "0.5", "--temperature", "2")
+    run_toy(tiny_qwen_dir, toy_files, tmp_path / "first", "--stage", "1", "--temperature", "0.5")
+    run_toy(tiny_qwen_dir, toy_files, tmp_path / "second", "--stage", "2", "--sft-steps", "0", "--adapter",
+            str(tmp_path / "first" / "stage1"), "--temperature", "2")
+    (one, one_rows), (second, second_rows) = outcome(tmp_path / "one"), outcome(tmp_path / "second")
+    first_rows = [{k: v for k, v in r.items() if k != "seconds"} for r in read_metrics(tmp_path / "first" /
+                                                                                         "metrics.jsonl")]
+    assert one_rows == first_rows + second_rows
+    # Bit for bit: stage 1 sampled at --temperature instead draws other episodes, and the adapter differs.
+    assert one.keys() == second.keys() and all(torch.equal(one[k], second[k]) for k in one)
+
+
 def test_a_diverging_run_skips_its_updates_and_stops(tiny_qwen_dir, toy_files, tmp_path, monkeypatch):
     """A non-finite loss skips the update (logged in metrics.jsonl); three in a row stop the run with a clear error,
     and the last good checkpoint stays."""
