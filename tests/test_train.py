@@ -199,6 +199,7 @@ def test_a_recipe_holds_the_options_and_the_command_line_wins(tmp_path, capsys):
     args = train.parse_args(["--config", os.path.join(ROOT, "recipes", "smollm2-real.yaml")])
     assert args.train_data == ["data/r1-searcher/hotpotqa_500.jsonl[100:]", "data/r1-searcher/2wiki_500.jsonl[100:]"]
     assert (args.top_k, args.doc_tokens, args.sft_lr, args.stage, args.beta) == (3, 64, 4e-4, "both", 0.0)
+    assert (args.sft_steps, args.stage1_temperature, args.temperature) == (80, 1.0, 0.7)
     args = train.parse_args(["--config", os.path.join(ROOT, "recipes", "smollm2-real.yaml"), "--top-k", "5",
                              "--model", "Qwen/Qwen2.5-0.5B-Instruct"])
     assert (args.top_k, args.model) == (5, "Qwen/Qwen2.5-0.5B-Instruct")
