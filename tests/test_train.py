@@ -70,10 +70,14 @@ def run_toy(tiny_qwen_dir, toy_files, out, *extra):
                 "--reference", "start", *extra])
 
 
+def timeless_metrics(out) -> list[dict]:
+    """The run's metrics without their timings, which differ from run to run."""
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in read_metrics(out / "metrics.jsonl")]
+
+
 def outcome(out) -> tuple[dict, list[dict]]:
     """The stage-2 adapter's tensors and the metrics without their timings."""
-    rows = [{k: v for k, v in r.items() if k != "seconds"} for r in read_metrics(out / "metrics.jsonl")]
-    return load_file(out / "stage2" / "adapter_model.safetensors"), rows
+    return load_file(out / "stage2" / "adapter_model.safetensors"), timeless_metrics(out)
 
 
 def test_a_run_resumed_anywhere_is_the_uninterrupted_run(tiny_qwen_dir, toy_files, tmp_path, monkeypatch):
@@ -144,9 +148,7 @@ def test_one_command_with_a_stage1_temperature_is_two_commands_of_a_stage_each(t
     run_toy(tiny_qwen_dir, toy_files, tmp_path / "second", "--stage", "2", "--sft-steps", "0", "--adapter",
             str(tmp_path / "first" / "stage1"), "--temperature", "2")
     (one, one_rows), (second, second_rows) = outcome(tmp_path / "one"), outcome(tmp_path / "second")
-    first_rows = [{k: v for k, v in r.items() if k != "seconds"} for r in read_metrics(tmp_path / "first" /
-                                                                                         "metrics.jsonl")]
-    assert one_rows == first_rows + second_rows
+    assert one_rows == timeless_metrics(tmp_path / "first") + second_rows
     # Bit for bit: stage 1 sampled at --temperature instead draws other episodes, and the adapter differs.
     assert one.keys() == second.keys() and all(torch.equal(one[k], second[k]) for k in one)
 
